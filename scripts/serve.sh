@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Start the server, setting up whatever is missing first. Options go to `livestyle serve`
+# (see --help), e.g. scripts/serve.sh --port 8080 --engine preview
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/setup.sh" serve
+exec "${LIVESTYLE_VENV:-$root/.venv}/bin/livestyle" serve "$@"

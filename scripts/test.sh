@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run the test suite, setting up whatever is missing first. Extra arguments go to pytest
+# (e.g. scripts/test.sh -m "unit or server").
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/setup-system.sh"
+"$root/scripts/setup.sh" test
+venv=${LIVESTYLE_VENV:-$root/.venv}
+cd "$root"
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check --quiet .
+"$venv/bin/mypy"
+exec "$venv/bin/python" -m pytest "$@"

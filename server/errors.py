@@ -1,0 +1,67 @@
+"""The one mapping from errors to HTTP responses: every error is JSON
+{"error": {"code": ..., "message": ...}}."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from pipeline.client import EngineUnavailable
+from signaling.registry import BadOffer, SessionLimitReached
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(Exception):
+    """The request body is not what the endpoint takes; the message says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return error_response(400, exc.code, exc.message)
+    except BadOffer as exc:
+        return error_response(400, "bad_offer", str(exc))
+    except SessionLimitReached as exc:
+        return error_response(503, "server_full", str(exc), {"Retry-After": "30"})
+    except EngineUnavailable as exc:
+        return error_response(503, "engine_unavailable", f"the stylization engine is unavailable: {exc}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 413:
+            limit = request.app[MAX_BODY] if MAX_BODY in request.app else None
+            message = f"request body is too large (limit {limit} bytes)" if limit else exc.reason
+        else:
+            message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        return error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal server error; see the server log")
+
+
+MAX_BODY = web.AppKey("max_body_bytes", int)

@@ -1,0 +1,65 @@
+"""Prometheus export. The engine and signaling layers record into plain counters and
+histograms (pipeline/stats.py); this collector reads them at scrape time into a
+per-app CollectorRegistry (no global registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pipeline.client import EngineClient
+from pipeline.stats import Histogram
+from signaling.registry import SessionRegistry
+
+
+def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
+    cumulative, total, _count = hist.snapshot()
+    buckets = [("+Inf" if b == float("inf") else f"{b:g}", c) for b, c in cumulative]
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+
+
+class LivestyleCollector(Collector):
+    def __init__(self, engine: EngineClient, registry: SessionRegistry) -> None:
+        self.engine = engine
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        e, s = self.engine.stats, self.registry.stats
+        yield GaugeMetricFamily("livestyle_sessions", "Open WebRTC sessions", value=len(self.registry))
+        yield GaugeMetricFamily("livestyle_sessions_capacity", "max_sessions", value=self.registry.max_sessions)
+        up = GaugeMetricFamily("livestyle_engine_up", "1 while the engine is healthy", labels=["kind", "state"])
+        up.add_metric([self.engine.info.kind, self.engine.state], 1.0 if self.engine.healthy else 0.0)
+        yield up
+        yield CounterMetricFamily("livestyle_sessions_created", "Sessions negotiated", value=s.sessions_created.value)
+        yield CounterMetricFamily(
+            "livestyle_sessions_rejected",
+            "Offers refused because the server was full",
+            value=s.sessions_rejected.value,
+        )
+        yield CounterMetricFamily("livestyle_frames_in", "Frames handed to the engine", value=e.frames_in.value)
+        yield CounterMetricFamily("livestyle_frames_out", "Frames stylized", value=e.frames_out.value)
+        yield CounterMetricFamily(
+            "livestyle_frames_dropped",
+            "Input frames replaced before the engine took them",
+            value=e.frames_dropped.value,
+        )
+        yield CounterMetricFamily("livestyle_frames_sent", "Stylized frames sent", value=s.frames_sent.value)
+        yield CounterMetricFamily("livestyle_engine_steps", "Engine steps (batches)", value=e.steps.value)
+        yield _histogram("livestyle_engine_step_ms", "Engine step duration (ms)", e.step_ms)
+        yield _histogram("livestyle_engine_batch_size", "Frames per engine step", e.batch_size)
+        yield _histogram("livestyle_frame_latency_ms", "Frame handed to engine -> stylized (ms)", e.frame_latency_ms)
+        yield _histogram(
+            "livestyle_prompt_apply_ms", "set_prompt received -> first frame with it (ms)", e.prompt_apply_ms
+        )
+        yield _histogram(
+            "livestyle_encode_ms", "Stylized frame handed to the encoder -> next request (ms)", s.encode_ms
+        )
+
+
+def build_registry(engine: EngineClient, registry: SessionRegistry) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(LivestyleCollector(engine, registry))
+    return reg

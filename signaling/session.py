@@ -1,0 +1,226 @@
+"""One browser session: an RTCPeerConnection, its tracks, its control channel and
+the engine session behind them. The Session owns every task it starts and cancels
+them all in aclose()."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamTrack
+
+from pipeline.client import EngineSession
+from pipeline.messages import EngineFailed, EngineInfo, PromptApplied, SessionError
+from pipeline.slots import SlotClosed
+from pipeline.stats import Counter, Histogram
+from signaling.protocol import (
+    CHANNEL_LABEL,
+    ErrorMsg,
+    HelloMsg,
+    PingMsg,
+    PongMsg,
+    PromptAppliedMsg,
+    ProtocolError,
+    ServerMessage,
+    SetPromptMsg,
+    StatsMsg,
+    encode_server_message,
+    parse_client_message,
+)
+from signaling.tracks import StylizedVideoTrack, drain_and_discard, drain_video
+
+log = logging.getLogger(__name__)
+
+
+class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every line with the session id."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"session={self.extra['session_id']} {msg}", kwargs  # type: ignore[index]
+
+
+@dataclass
+class SignalingStats:
+    encode_ms: Histogram = field(default_factory=Histogram)
+    sessions_created: Counter = field(default_factory=Counter)
+    sessions_rejected: Counter = field(default_factory=Counter)
+    frames_received: Counter = field(default_factory=Counter)
+    frames_sent: Counter = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    idle_timeout_s: float
+    """Close the session when no camera frame arrived for this long."""
+    stats_interval_s: float = 1.0
+    max_short_side: int = 512
+    """Camera frames are scaled so their short side is at most this before the engine."""
+
+
+def engine_json(info: EngineInfo, state: str) -> dict[str, Any]:
+    return {"kind": info.kind, "model": info.model, "reason": info.reason, "state": state}
+
+
+class Session:
+    def __init__(
+        self,
+        session_id: str,
+        pc: RTCPeerConnection,
+        engine: EngineSession,
+        engine_info: EngineInfo,
+        settings: SessionSettings,
+        stats: SignalingStats,
+        on_closed: Callable[[Session], Awaitable[None]],
+    ) -> None:
+        self.id = session_id
+        self.pc = pc
+        self.engine = engine
+        self.created_at = time.monotonic()
+        self.log = SessionLog(log, {"session_id": session_id})
+        self._info = engine_info
+        self._settings = settings
+        self._stats = stats
+        self._on_closed = on_closed
+        self._channel: RTCDataChannel | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_frame_at = time.monotonic()
+        self._closing: asyncio.Task[None] | None = None
+        self.output = StylizedVideoTrack(engine, stats.encode_ms, stats.frames_sent)
+        self.has_video = False
+
+    # ---- wiring (before the answer is made) ---------------------------------------------
+
+    def on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and not self.has_video:
+            self.has_video = True
+            self.pc.addTrack(self.output)
+            self._spawn(
+                drain_video(track, self.engine.submit, self._settings.max_short_side, self._frame_seen),
+                "reader",
+            )
+        else:
+            self.log.info("ignoring extra %s track", track.kind)
+            self._spawn(drain_and_discard(track), f"drain-{track.kind}")
+
+    def on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != CHANNEL_LABEL or self._channel is not None:
+            self.log.info("closing unexpected data channel %r", channel.label)
+            channel.close()
+            return
+        self._channel = channel
+        channel.on("message", self._on_message)
+        if channel.readyState == "open":
+            self._hello()
+        else:
+            channel.on("open", self._hello)
+
+    def start(self) -> None:
+        """After the answer: start the tasks that run for the session's life."""
+        self._spawn(self._forward_events(), "events")
+        self._spawn(self._tick(), "stats")
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    # ---- control channel ---------------------------------------------------------------------
+
+    def _send(self, msg: ServerMessage) -> None:
+        ch = self._channel
+        if ch is not None and ch.readyState == "open":
+            ch.send(encode_server_message(msg))
+
+    def _hello(self) -> None:
+        self._send(HelloMsg(session_id=self.id, engine=engine_json(self._info, "ready")))
+
+    def _on_message(self, raw: str | bytes) -> None:
+        try:
+            msg = parse_client_message(raw, self._info.max_prompt_chars)
+        except ProtocolError as exc:
+            self.log.info("rejected control message: %s (%s)", exc.code, exc.message)
+            self._send(ErrorMsg(code=exc.code, message=exc.message, seq=exc.seq))
+            return
+        if isinstance(msg, PingMsg):
+            self._send(PongMsg(t=msg.t))
+        elif isinstance(msg, SetPromptMsg):
+            self.log.info("set_prompt seq=%d %r", msg.seq, msg.prompt[:80])
+            try:
+                self.engine.set_prompt(msg.prompt, msg.seq)
+            except Exception as exc:  # noqa: BLE001 - engine gone: tell the client
+                self._send(ErrorMsg(code="engine_failed", message=str(exc), seq=msg.seq))
+
+    async def _forward_events(self) -> None:
+        while True:
+            try:
+                event = await self.engine.next_event()
+            except SlotClosed:
+                return
+            if isinstance(event, PromptApplied):
+                self._send(PromptAppliedMsg(seq=event.seq, latency_ms=round(event.latency_ms, 1)))
+            elif isinstance(event, SessionError):
+                self.log.info("engine error %s: %s", event.code, event.message)
+                self._send(ErrorMsg(code=event.code, message=event.message, seq=event.seq))
+            elif isinstance(event, EngineFailed):
+                self.log.error("engine failed: %s", event.message)
+                self._send(ErrorMsg(code="engine_failed", message=f"the engine stopped: {event.message}"))
+                self.close_soon("engine failed")
+                return
+
+    async def _tick(self) -> None:
+        """Stats once a second; closes the session when the camera went quiet."""
+        while True:
+            await asyncio.sleep(self._settings.stats_interval_s)
+            self._send(StatsMsg(**self.engine.stats()))  # type: ignore[arg-type]
+            idle = time.monotonic() - self._last_frame_at
+            if idle > self._settings.idle_timeout_s:
+                self.log.info("no video for %.0f s: closing", idle)
+                self.close_soon("idle")
+                return
+
+    def _frame_seen(self) -> None:
+        self._last_frame_at = time.monotonic()
+        self._stats.frames_received.inc()
+
+    async def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        self.log.info("connection %s", state)
+        if state in ("failed", "closed"):
+            self.close_soon(f"connection {state}")
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=f"{self.id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("task %s crashed", task.get_name(), exc_info=task.exception())
+            self.close_soon("internal error")
+
+    def close_soon(self, reason: str) -> None:
+        """Start closing from a callback that cannot await; idempotent."""
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close(reason), name=f"{self.id}:close")
+
+    async def aclose(self, reason: str = "closed") -> None:
+        self.close_soon(reason)
+        assert self._closing is not None
+        await asyncio.shield(self._closing)
+
+    async def _close(self, reason: str) -> None:
+        self.log.info("closing (%s)", reason)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.engine.close()
+        self.output.stop()
+        try:
+            await self.pc.close()
+        finally:
+            await self._on_closed(self)

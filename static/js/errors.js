@@ -1,0 +1,55 @@
+// User-facing errors. `kind` ends up in #message's data-kind so the page (and
+// tests) can tell the failure classes apart.
+
+export class AppError extends Error {
+  constructor(kind, message) {
+    super(message);
+    this.name = "AppError";
+    this.kind = kind;
+  }
+}
+
+export const INSECURE_MESSAGE =
+  "Camera access needs HTTPS (or http://localhost). Open this page over HTTPS " +
+  "or run the server with TLS (--tls-cert/--tls-key).";
+
+export const CONNECTION_FAILED_MESSAGE =
+  "The video connection failed. UDP traffic between your browser and the server is " +
+  "probably blocked by a firewall or NAT; allow UDP or configure a TURN server, then press Start again.";
+
+export function cameraError(err) {
+  switch (err?.name) {
+    case "NotAllowedError":
+    case "SecurityError":
+      return new AppError(
+        "permission",
+        "Camera permission was denied. Allow camera access in the browser's site settings and press Start again.",
+      );
+    case "NotFoundError":
+    case "OverconstrainedError":
+      return new AppError(
+        "no-camera",
+        "No camera was found. Connect a camera (or pick another one in the list) and press Start again.",
+      );
+    case "NotReadableError":
+      return new AppError(
+        "no-camera",
+        "The camera could not be started; another application may be using it. Close it and press Start again.",
+      );
+    default:
+      return new AppError("no-camera", `Could not open the camera: ${err?.message ?? err}`);
+  }
+}
+
+/** Maps a non-200 /offer response ({"error": {"code", "message"}}) to an AppError. */
+export function offerError(status, body) {
+  const code = body?.error?.code ?? "";
+  const message = body?.error?.message;
+  if (code === "server_full") {
+    return new AppError("server-full", message ?? "The server is full. Try again in a minute.");
+  }
+  if (code.startsWith("engine")) {
+    return new AppError("engine", message ?? "The stylization engine is unavailable.");
+  }
+  return new AppError("connection", message ?? `The server refused the connection (HTTP ${status}).`);
+}

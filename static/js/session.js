@@ -1,0 +1,97 @@
+// One WebRTC session with the server: the camera track goes up, the stylized
+// track comes back, and JSON control messages use the "control" data channel.
+import { AppError, offerError } from "./errors.js";
+import { CHANNEL_LABEL } from "./protocol.js";
+
+const ICE_GATHERING_TIMEOUT_MS = 5000;
+
+export class Session {
+  /**
+   * handlers: onConnectionState(state), onTrack(stream), onChannelOpen(),
+   * onChannelClose(), onMessage(data). None fire after close().
+   */
+  constructor(iceServers, handlers) {
+    this.closed = false;
+    const call = (name) => (...args) => {
+      if (!this.closed) handlers[name](...args);
+    };
+    this.pc = new RTCPeerConnection({ iceServers });
+    this.pc.addEventListener("connectionstatechange", () =>
+      call("onConnectionState")(this.pc.connectionState),
+    );
+    this.pc.addEventListener("track", (e) =>
+      call("onTrack")(e.streams[0] ?? new MediaStream([e.track])),
+    );
+    // Created before createOffer so the offer carries the data channel (SCTP) section.
+    this.channel = this.pc.createDataChannel(CHANNEL_LABEL, { ordered: true });
+    this.channel.addEventListener("open", call("onChannelOpen"));
+    this.channel.addEventListener("close", call("onChannelClose"));
+    this.channel.addEventListener("message", (e) => call("onMessage")(e.data));
+  }
+
+  get channelOpen() {
+    return this.channel.readyState === "open";
+  }
+
+  /** Negotiates with POST /offer; resolves with the server's answer JSON. */
+  async connect(track, prompt) {
+    this.sender = this.pc.addTransceiver(track, { direction: "sendrecv" }).sender;
+    await this.pc.setLocalDescription(await this.pc.createOffer());
+    // The server does not trickle ICE, so the offer must already hold every candidate.
+    await waitForIceGathering(this.pc);
+    const answer = await postOffer({ sdp: this.pc.localDescription.sdp, type: "offer", prompt });
+    if (!this.closed) await this.pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
+    return answer;
+  }
+
+  send(text) {
+    if (this.channelOpen) this.channel.send(text);
+  }
+
+  replaceTrack(track) {
+    return this.sender.replaceTrack(track);
+  }
+
+  close() {
+    this.closed = true;
+    this.channel.close();
+    for (const transceiver of this.pc.getTransceivers()) transceiver.stop?.();
+    this.pc.close();
+  }
+}
+
+function waitForIceGathering(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    // Some networks never finish gathering; the candidates found so far usually suffice.
+    const timer = setTimeout(done, ICE_GATHERING_TIMEOUT_MS);
+    function onChange() {
+      if (pc.iceGatheringState === "complete") done();
+    }
+    function done() {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", onChange);
+      resolve();
+    }
+    pc.addEventListener("icegatheringstatechange", onChange);
+  });
+}
+
+async function postOffer(offer) {
+  let response;
+  try {
+    response = await fetch("/offer", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(offer),
+    });
+  } catch (err) {
+    throw new AppError("connection", `Could not reach the server (${err.message}).`);
+  }
+  const body = await response.json().catch(() => null);
+  if (!response.ok) throw offerError(response.status, body);
+  if (body?.type !== "answer" || typeof body.sdp !== "string") {
+    throw new AppError("connection", "The server sent an invalid answer.");
+  }
+  return body;
+}

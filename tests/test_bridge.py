@@ -1,0 +1,139 @@
+"""EngineClient + EngineBridge with a real engine thread and a FakeBackend."""
+
+import asyncio
+import threading
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from fakes import FakeBackend, fake_spec
+
+from pipeline.client import EngineClient, EngineUnavailable
+from pipeline.messages import EngineFailed, PromptApplied, SessionError
+
+pytestmark = pytest.mark.bridge
+
+TB = Fraction(1, 90000)
+IMAGE = np.zeros((32, 32, 3), np.uint8)
+
+
+async def started(backend: FakeBackend) -> EngineClient:
+    client = EngineClient(fake_spec(backend))
+    client.start()
+    await client.wait_ready(5)
+    return client
+
+
+async def test_latest_frame_wins_under_a_slow_engine_without_latency_growth():
+    backend = FakeBackend(step_delay=0.05)  # 20 steps/s
+    client = await started(backend)
+    session = client.open_session("s", "p")
+    latencies: list[float] = []
+
+    async def consume():
+        while True:
+            out = await session.recv()
+            latencies.append((time.monotonic() - out.t_in) * 1000)
+
+    consumer = asyncio.create_task(consume())
+    t0 = time.monotonic()
+    pts = 0
+    while time.monotonic() - t0 < 1.5:  # feed at ~200 fps, 10x what the engine can do
+        pts += 450
+        session.submit(IMAGE, pts, TB)
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.15)
+    consumer.cancel()
+    await client.aclose()
+
+    assert session.frames_in > 150
+    assert session.dropped_in > session.frames_in * 0.6  # overwritten, not queued
+    assert 15 <= len(latencies) <= 40
+    third = len(latencies) // 3
+    early, late = np.median(latencies[:third]), np.median(latencies[-third:])
+    assert late < 3 * 50, f"latency grew: {latencies}"  # bounded by ~ one step + one wait
+    assert late < early + 50
+
+
+async def test_sessions_are_batched_together():
+    backend = FakeBackend(step_delay=0.02)
+    client = await started(backend)
+    sessions = [client.open_session(f"s{i}", "p") for i in range(3)]
+    for _ in range(10):
+        for s in sessions:
+            s.submit(IMAGE, 1, TB)
+        await asyncio.sleep(0.03)
+    await client.aclose()
+    assert max(len(b) for b in backend.batches) == 3
+    assert all(len(set(b)) == len(b) for b in backend.batches)  # never two frames of one session
+
+
+async def test_prompts_apply_in_order_and_report_latency():
+    backend = FakeBackend(step_delay=0.01)
+    client = await started(backend)
+    session = client.open_session("s", "a")
+    seen_seqs: list[int] = []
+    for seq, prompt in enumerate(["bb", "ccc", "dddd"], start=1):
+        session.set_prompt(prompt, seq)
+    session.submit(IMAGE, 1, TB)
+    out = await asyncio.wait_for(session.recv(), 2)
+    seen_seqs.append(out.prompt_seq)
+    assert int(out.image[0, 0, 0]) == 4  # the newest prompt, never an older one
+    event = await asyncio.wait_for(session.next_event(), 2)
+    assert isinstance(event, PromptApplied) and event.seq == 3 and event.latency_ms > 0
+    session.set_prompt("x" * 500, 4)  # over the fake's 50-char budget
+    error = await asyncio.wait_for(session.next_event(), 2)
+    assert isinstance(error, SessionError) and error.code == "prompt_too_long" and error.seq == 4
+    session.submit(IMAGE, 2, TB)
+    assert int((await asyncio.wait_for(session.recv(), 2)).image[0, 0, 0]) == 4
+    await client.aclose()
+
+
+async def test_engine_failure_reaches_sessions_and_health():
+    backend = FakeBackend()
+    client = await started(backend)
+    session = client.open_session("s", "p")
+    backend.fail_next_step = RuntimeError("CUDA out of memory")
+    session.submit(IMAGE, 1, TB)
+    event = await asyncio.wait_for(session.next_event(), 2)
+    assert isinstance(event, EngineFailed) and "out of memory" in event.message
+    with pytest.raises(EngineUnavailable):
+        await asyncio.wait_for(session.recv(), 2)
+    for _ in range(100):
+        if client.state == "failed":
+            break
+        await asyncio.sleep(0.01)
+    assert client.state == "failed" and not client.healthy
+    with pytest.raises(EngineUnavailable, match="out of memory"):
+        client.open_session("t", "p")
+    await client.aclose()
+    assert backend.closed
+
+
+async def test_warmup_state_and_warmup_failure():
+    backend = FakeBackend()
+    backend.warmup_gate = threading.Event()
+    client = EngineClient(fake_spec(backend))
+    client.start()
+    await asyncio.sleep(0.05)
+    assert client.state == "warming_up" and client.healthy
+    backend.fail_warmup = RuntimeError("no weights")
+    backend.warmup_gate.set()
+    with pytest.raises(EngineUnavailable, match="no weights"):
+        await client.wait_ready(5)
+    assert client.state == "failed"
+    await client.aclose()
+
+
+async def test_aclose_stops_the_thread_and_closes_sessions():
+    backend = FakeBackend()
+    client = await started(backend)
+    session = client.open_session("s", "p")
+    before = {t.name for t in threading.enumerate()}
+    assert "engine" in before
+    await client.aclose()
+    assert "engine" not in {t.name for t in threading.enumerate()}
+    assert backend.closed and client.state == "closed"
+    with pytest.raises(Exception):  # noqa: B017 - SessionClosed
+        await asyncio.wait_for(session.recv(), 1)

@@ -1,0 +1,168 @@
+"""Real WebRTC sessions over loopback: an aiortc client streams a DAVIS clip at
+512x512 / 30 fps to the real server (preview engine) and checks what comes back."""
+
+import asyncio
+import itertools
+import statistics
+import time
+
+import numpy as np
+import pytest
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
+from media import MARK_Y, ClipTrack, LoopbackClient, davis_clip, ping_pong, pts_latencies, read_stamp, stamp
+
+from pipeline.config import EngineConfig
+from pipeline.preview import style_for_prompt, stylize_image
+from server.app import REGISTRY, create_app
+from server.config import ServerConfig
+
+pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(120)]
+
+PROMPT_A = "oil painting, vibrant colors"
+PROMPT_B = "neon cyberpunk"
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return ping_pong(davis_clip("blackswan"))
+
+
+@pytest.fixture
+async def server():
+    servers = []
+
+    async def start(**config):
+        srv = TestServer(create_app(ServerConfig(port=0, engine=EngineConfig(kind="preview"), **config)))
+        await srv.start_server()
+        servers.append(srv)
+        return srv, str(srv.make_url("")).rstrip("/")
+
+    yield start
+    for srv in servers:
+        await srv.close()
+
+
+def match_quality(clip, received, prompt):
+    """Per stamped frame: (error vs the locally stylized source, error vs the raw source),
+    mean absolute difference outside the stamp row."""
+    style = style_for_prompt(prompt)
+    to_styled, to_source = [], []
+    for r in received:
+        index = read_stamp(r.image)
+        if index is None:
+            continue
+        source = stamp(clip[index % len(clip)], index)
+        expected = stylize_image(source, style)
+        got = r.image[:MARK_Y].astype(np.int16)
+        to_styled.append(np.abs(got - expected[:MARK_Y]).mean())
+        to_source.append(np.abs(got - source[:MARK_Y]).mean())
+    return to_styled, to_source
+
+
+async def test_davis_clip_streams_stylized_at_speed(server, clip, record_property):
+    _, base = await server()
+    track = ClipTrack(clip, fps=30)
+    async with ClientSession() as http:
+        client = LoopbackClient(base, track, prompt=PROMPT_A)
+        await client.connect(http)
+        await client.wait_frames(5, timeout=15)
+        start_count, t0 = len(client.received), time.monotonic()
+        await asyncio.sleep(5.5)
+        fps = (len(client.received) - start_count) / (time.monotonic() - t0)
+        stats = await client.wait_message(lambda m: m["type"] == "stats" and m["fps_out"] > 0)
+        await client.close()
+
+    received = client.received
+    latencies, stamped = pts_latencies(track, received)
+    median_ms = statistics.median(latencies)
+    record_property("fps", round(fps, 1))
+    record_property("median_latency_ms", round(median_ms, 1))
+    print(
+        f"\nloopback: {fps:.1f} fps, median send->receive {median_ms:.0f} ms, "
+        f"p90 {np.percentile(latencies, 90):.0f} ms, {stamped}/{len(received)} stamps read"
+    )
+
+    assert fps >= 20
+    assert median_ms <= 150
+    assert stamped >= len(received) * 0.5  # the pts matching is anchored by many frames
+    assert len(latencies) >= len(received) * 0.9
+    pts = [r.pts for r in received]
+    assert all(b > a for a, b in itertools.pairwise(pts)), "pts must be strictly increasing"
+    assert all(r.image.shape == (512, 512, 3) for r in received)
+    # Output looks like the preview stylization of the frame that was sent, not the frame.
+    to_styled, to_source = match_quality(clip, received, PROMPT_A)
+    assert statistics.median(to_styled) < 0.6 * statistics.median(to_source)
+    assert statistics.median(to_source) > 15  # visibly different from the camera
+    assert client.messages[0]["type"] == "hello" and client.messages[0]["engine"]["kind"] == "preview"
+    assert stats["fps_in"] > 10 and stats["latency_ms"] is not None
+
+
+async def test_set_prompt_round_trip_changes_the_output(server, clip):
+    _, base = await server()
+    track = ClipTrack(clip, fps=30)
+    async with ClientSession() as http:
+        client = LoopbackClient(base, track, prompt=PROMPT_A)
+        await client.connect(http)
+        await client.wait_frames(10, timeout=15)
+        t_send = time.monotonic()
+        client.send(type="set_prompt", prompt=PROMPT_B, seq=1)
+        applied = await client.wait_message(lambda m: m["type"] == "prompt_applied")
+        round_trip_ms = (time.monotonic() - t_send) * 1000
+        n_switch = len(client.received)
+        await asyncio.sleep(1.5)
+        await client.close()
+    print(f"\nprompt applied: server {applied['latency_ms']} ms, round trip {round_trip_ms:.0f} ms")
+    assert applied["seq"] == 1 and 0 < applied["latency_ms"] < 500
+    assert round_trip_ms < 1000
+    before = client.received[max(0, n_switch - 10) : n_switch - 2]
+    after = client.received[n_switch + 8 :]
+    a_styled, _ = match_quality(clip, after, PROMPT_B)
+    a_old, _ = match_quality(clip, after, PROMPT_A)
+    b_styled, _ = match_quality(clip, before, PROMPT_A)
+    assert a_styled and b_styled
+    assert statistics.median(a_styled) < 0.6 * statistics.median(a_old)  # now looks like the new prompt
+    colour = lambda frames: np.mean([f.image[:MARK_Y].reshape(-1, 3).mean(0) for f in frames], 0)  # noqa: E731
+    assert np.abs(colour(after) - colour(before)).max() > 10  # and visibly changed
+
+
+async def test_bad_control_messages_get_errors_and_the_session_survives(server, clip):
+    _, base = await server()
+    async with ClientSession() as http:
+        client = LoopbackClient(base, ClipTrack(clip, fps=30), prompt=PROMPT_A)
+        await client.connect(http)
+        client.channel.send("{definitely not json")
+        err = await client.wait_message(lambda m: m["type"] == "error")
+        assert err["code"] == "bad_json"
+        client.send(type="teleport")
+        err = await client.wait_message(lambda m: m["type"] == "error" and m["code"] == "unknown_type")
+        client.send(type="set_prompt", prompt="x" * 501, seq=9)
+        err = await client.wait_message(lambda m: m["type"] == "error" and m["code"] == "prompt_too_long")
+        assert err["seq"] == 9
+        client.send(type="ping", t=123.5)
+        pong = await client.wait_message(lambda m: m["type"] == "pong")
+        assert pong["t"] == 123.5
+        n = len(client.received)
+        await client.wait_frames(n + 10, timeout=10)  # still streaming
+        await client.close()
+
+
+async def test_vanished_and_silent_clients_are_reaped(server, clip):
+    srv, base = await server(idle_timeout_s=1.0)
+    registry = srv.app[REGISTRY]
+    async with ClientSession() as http:
+        gone = LoopbackClient(base, ClipTrack(clip, fps=30))
+        await gone.connect(http)
+        await gone.wait_frames(3, timeout=15)
+        silent_track = ClipTrack(clip, fps=30)
+        silent = LoopbackClient(base, silent_track)
+        await silent.connect(http)
+        await silent.wait_frames(3, timeout=15)
+        assert len(registry) == 2
+        await gone.close()  # the browser tab closed
+        silent_track.stop()  # the camera stopped, the connection stays up
+        deadline = time.monotonic() + 10
+        while len(registry) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len(registry) == 0
+        await silent.close()
