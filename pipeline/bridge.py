@@ -102,9 +102,10 @@ class EngineBridge:
                 except Exception:
                     log.exception("engine close failed")
 
-    def _take(self) -> tuple[list[Command], list[FrameIn]] | None:
+    def _take(self, block: bool) -> tuple[list[Command], list[FrameIn]] | None:
+        """Commands and fresh frames; waits for some only when `block` (nothing in flight)."""
         with self._cond:
-            while not (self._stopping or self._commands or self._slots):
+            while block and not (self._stopping or self._commands or self._slots):
                 self._cond.wait()
             if self._stopping:
                 return None
@@ -116,10 +117,12 @@ class EngineBridge:
             return commands, frames
 
     def _loop_steps(self, core: EngineCore) -> None:
-        while (taken := self._take()) is not None:
+        # A pipelined core keeps one batch in flight while the next is launched; when no new
+        # frame is waiting, the batch in flight is collected at once (no added latency).
+        while (taken := self._take(block=not core.has_inflight)) is not None:
             commands, frames = taken
             events = [e for cmd in commands for e in core.execute(cmd)]
-            result = core.step(frames) if frames else StepResult()
+            result = core.step(frames) if frames else core.flush()
             result.events[:0] = events
             if result.outputs or result.events:
                 self._post(self._deliver, result)

@@ -6,7 +6,7 @@ engine itself never looks at argv or os.environ.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 EngineKind = Literal["auto", "diffusion", "preview"]
@@ -14,8 +14,58 @@ ENGINE_KINDS: tuple[str, ...] = ("auto", "diffusion", "preview")
 BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 
+TextMode = Literal["every", "refresh", "once", "prompt"]
+TEXT_MODES: tuple[str, ...] = ("every", "refresh", "once", "prompt")
+COMPILE_MODES: tuple[str, ...] = ("auto", "reduce-overhead", "default", "none")
+
+
 class ConfigError(ValueError):
     """A configuration value is not allowed; the message says what was given and what is."""
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Settings of the diffusion engine (ignored by the preview engine)."""
+
+    steps: int = 1
+    """Flow-matching Euler steps per frame, 1..4 (the model is distilled for 4; 1 is the
+    streaming operating point)."""
+    text_mode: TextMode = "refresh"
+    """When the vision-aware text encoder runs for a session: 'every' step (the paper),
+    'refresh' every `text_refresh` steps and on a prompt change, 'once' per prompt (from the
+    first frame after the change), or 'prompt' (text only, no image; cached per prompt)."""
+    text_refresh: int = 8
+    """Steps between text-encoder refreshes in 'refresh' mode."""
+    text_image_size: int = 256
+    """Side of the frame the text encoder sees (the paper: 256; diffusers' pipeline: 512)."""
+    text_tokens: int = 256
+    """Fixed text-encoder sequence length (static shapes); the first 64 (system prompt) are
+    dropped, the rest condition the UNet. Prompts that do not fit are refused."""
+    representative_frame: bool = True
+    """In clip mode (B frames of one stream), encode one frame per refresh instead of all B."""
+    seed: int = 0
+    """Seed of each session's fixed noise."""
+    compile: str = "auto"
+    """torch.compile of the UNet+decode graph: 'reduce-overhead' (CUDA graphs), 'default',
+    'none', or 'auto' (reduce-overhead on CUDA, none on CPU)."""
+    revision: str | None = "diffusers"
+    """Hugging Face revision of the model repository (None for a local directory's files)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps <= 4:
+            raise ConfigError(f"steps {self.steps} is not allowed; use 1..4")
+        if self.text_mode not in TEXT_MODES:
+            raise ConfigError(f"text_mode {self.text_mode!r} is not known; use one of {', '.join(TEXT_MODES)}")
+        if not 1 <= self.text_refresh <= 1000:
+            raise ConfigError(f"text_refresh {self.text_refresh} is not allowed; use 1..1000")
+        if self.text_image_size % 32 or not 64 <= self.text_image_size <= 1024:
+            raise ConfigError(
+                f"text_image_size {self.text_image_size} is not allowed; use a multiple of 32 from 64 to 1024"
+            )
+        if not 96 <= self.text_tokens <= 2048:
+            raise ConfigError(f"text_tokens {self.text_tokens} is not allowed; use 96..2048")
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"compile {self.compile!r} is not known; use one of {', '.join(COMPILE_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -34,6 +84,8 @@ class EngineConfig:
     """Longest prompt accepted, in characters (the diffusion engine also checks tokens)."""
     device: str = "auto"
     """Torch device for the diffusion engine: 'auto', 'cuda', 'cuda:N' or 'cpu'."""
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    """Diffusion engine settings."""
 
     def __post_init__(self) -> None:
         if self.kind not in ENGINE_KINDS:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -51,9 +51,14 @@ class EngineFatalError(RuntimeError):
 
 class Backend(Protocol):
     """A model that stylizes batches of frames. It owns per-session model state
-    (cached prompt embeddings, noise, previous output) but no bookkeeping."""
+    (cached prompt embeddings, noise, previous output) but no bookkeeping.
+
+    Work is split into submit (launch) and collect (wait for the result). A `pipelined`
+    backend may have one batch in flight while the next is submitted (GPU work of step n
+    overlaps the launch of step n+1); a synchronous one does everything in submit."""
 
     info: EngineInfo
+    pipelined: bool
 
     def warmup(self, progress: Callable[[str], None]) -> None: ...
 
@@ -66,8 +71,12 @@ class Backend(Protocol):
 
     def set_prompt(self, session_id: str, prompt: str) -> None: ...
 
-    def stylize(self, frames: Sequence[FrameIn]) -> list[np.ndarray]:
-        """One output image per input frame, in order."""
+    def submit(self, frames: Sequence[FrameIn]) -> Any:
+        """Start stylizing; returns a ticket for collect(). Frames may share a session
+        (clip mode) only when the caller allows it."""
+
+    def collect(self, ticket: Any) -> list[np.ndarray]:
+        """One output image per submitted frame, in order (blocks until ready)."""
 
     def close(self) -> None: ...
 
@@ -78,6 +87,14 @@ class _SessionState:
     prompt_seq: int = 0
     pending_applied: tuple[int, float] | None = None
     """(seq, t_received) of a prompt not yet seen in an output frame."""
+
+
+@dataclass
+class _Inflight:
+    frames: list[FrameIn]
+    prompt_seqs: list[int]
+    ticket: Any
+    t_submit: float
 
 
 @dataclass
@@ -93,6 +110,7 @@ class EngineCore:
         self.backend = backend
         self.stats = stats or EngineStats()
         self._sessions: dict[str, _SessionState] = {}
+        self._inflight: _Inflight | None = None
 
     @property
     def info(self) -> EngineInfo:
@@ -154,13 +172,19 @@ class EngineCore:
 
     # ---- stepping -----------------------------------------------------------------
 
-    def step(self, frames: Sequence[FrameIn]) -> StepResult:
-        """Stylize at most one frame per session as one batch."""
+    @property
+    def has_inflight(self) -> bool:
+        return self._inflight is not None
+
+    def step(self, frames: Sequence[FrameIn], *, one_per_session: bool = True) -> StepResult:
+        """Submit the frames as one batch (at most one per session unless one_per_session
+        is False: clip mode, B consecutive frames of one stream) and return what finished:
+        this batch for a synchronous backend, the previous one for a pipelined backend."""
         result = StepResult()
         batch: list[FrameIn] = []
         seen: set[str] = set()
         for frame in frames:
-            if frame.session_id not in self._sessions or frame.session_id in seen:
+            if frame.session_id not in self._sessions or (one_per_session and frame.session_id in seen):
                 continue  # removed meanwhile, or a caller bug: never two per session
             problem = _frame_problem(frame.image)
             if problem:
@@ -168,25 +192,49 @@ class EngineCore:
                 continue
             seen.add(frame.session_id)
             batch.append(frame)
-        if not batch:
-            return result
         if len(batch) > self.max_batch:
             raise ValueError(f"step got {len(batch)} frames; max_batch is {self.max_batch}")
 
-        t0 = time.monotonic()
+        launched = None
+        if batch:
+            seqs = [self._sessions[f.session_id].prompt_seq for f in batch]
+            t0 = time.monotonic()
+            launched = _Inflight(batch, seqs, self._guard(self.backend.submit, batch), t0)
+        ready = [self._inflight] if self._inflight is not None else []
+        self._inflight = None
+        if launched is not None:
+            if self.backend.pipelined:
+                self._inflight = launched
+            else:
+                ready.append(launched)
+        for done in ready:
+            self._finish(done, result)
+        return result
+
+    def flush(self) -> StepResult:
+        """Wait for the batch in flight, if any."""
+        result = StepResult()
+        if self._inflight is not None:
+            done, self._inflight = self._inflight, None
+            self._finish(done, result)
+        return result
+
+    @staticmethod
+    def _guard(fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            images = self.backend.stylize(batch)
+            return fn(*args)
         except Exception as exc:
             raise EngineFatalError(f"{type(exc).__name__}: {exc}") from exc
-        t_out = time.monotonic()
-        if len(images) != len(batch):
-            raise EngineFatalError(f"backend returned {len(images)} images for {len(batch)} frames")
 
+    def _finish(self, done: _Inflight, result: StepResult) -> None:
+        images = self._guard(self.backend.collect, done.ticket)
+        t_out = time.monotonic()
+        if len(images) != len(done.frames):
+            raise EngineFatalError(f"backend returned {len(images)} images for {len(done.frames)} frames")
         self.stats.steps.inc()
-        self.stats.step_ms.observe((t_out - t0) * 1000)
-        self.stats.batch_size.observe(len(batch))
-        for frame, image in zip(batch, images, strict=False):
-            state = self._sessions[frame.session_id]
+        self.stats.step_ms.observe((t_out - done.t_submit) * 1000)
+        self.stats.batch_size.observe(len(done.frames))
+        for frame, seq, image in zip(done.frames, done.prompt_seqs, images, strict=True):
             result.outputs.append(
                 FrameOut(
                     session_id=frame.session_id,
@@ -195,18 +243,18 @@ class EngineCore:
                     time_base=frame.time_base,
                     t_in=frame.t_in,
                     t_out=t_out,
-                    prompt_seq=state.prompt_seq,
+                    prompt_seq=seq,
                 )
             )
             self.stats.frame_latency_ms.observe((t_out - frame.t_in) * 1000)
-            if state.pending_applied is not None:
-                seq, t_received = state.pending_applied
-                latency_ms = (t_out - t_received) * 1000
+            state = self._sessions.get(frame.session_id)
+            if state is not None and state.pending_applied is not None and seq >= state.pending_applied[0]:
+                pending_seq, t_received = state.pending_applied
                 state.pending_applied = None
+                latency_ms = (t_out - t_received) * 1000
                 self.stats.prompt_apply_ms.observe(latency_ms)
-                result.events.append(PromptApplied(frame.session_id, seq, latency_ms))
-        self.stats.frames_out.inc(len(batch))
-        return result
+                result.events.append(PromptApplied(frame.session_id, pending_seq, latency_ms))
+        self.stats.frames_out.inc(len(done.frames))
 
     def close(self) -> None:
         for sid in list(self._sessions):

@@ -176,6 +176,7 @@ class PreviewBackend:
             max_batch=max_batch,
             max_prompt_chars=max_prompt_chars,
         )
+        self.pipelined = False
         self._styles: dict[str, PreviewStyle] = {}
         self._cache: dict[str, PreviewStyle] = {}
 
@@ -207,9 +208,12 @@ class PreviewBackend:
     def set_prompt(self, session_id: str, prompt: str) -> None:
         self._styles[session_id] = self._style(prompt)
 
-    def stylize(self, frames: Sequence[FrameIn]) -> list[np.ndarray]:
+    def submit(self, frames: Sequence[FrameIn]) -> list[np.ndarray]:
         size = self.info.output_size
         return [stylize_image(f.image, self._styles[f.session_id], size) for f in frames]
+
+    def collect(self, ticket: list[np.ndarray]) -> list[np.ndarray]:
+        return ticket
 
     def close(self) -> None:
         self._styles.clear()

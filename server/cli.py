@@ -6,12 +6,13 @@ import asyncio
 import logging
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 
 from pipeline.config import ConfigError
-from server.config import ServerConfig, load_config
+from server.config import ServerConfig, StylizeConfig, load_bench_config, load_config, load_stylize_config
 
 log = logging.getLogger("livestyle")
 
@@ -19,6 +20,8 @@ USAGE = """usage: livestyle <command> [options]
 
 commands:
   serve     run the WebRTC stylization server (livestyle serve --help)
+  stylize   stylize a video file: livestyle stylize IN.mp4 OUT.mp4 --prompt "..." (--help)
+  bench     benchmark the engine on this machine's GPU, write bench/results/*.json (--help)
 """
 
 
@@ -64,24 +67,74 @@ def serve(config: ServerConfig) -> None:
     )
 
 
+def stylize(config: StylizeConfig) -> None:
+    from tqdm import tqdm
+
+    from pipeline.engines import resolve_engine
+    from pipeline.video_file import stylize_file
+
+    spec = resolve_engine(config.engine)
+    log.info(
+        "stylizing %s -> %s with the %s engine (%s)", config.input, config.output, spec.info.kind, spec.info.reason
+    )
+    with tqdm(unit="frame", desc="stylize", dynamic_ncols=True) as bar:
+
+        def total(n: int | None) -> None:
+            bar.total = n
+            bar.refresh()
+
+        result = stylize_file(
+            spec,
+            config.input,
+            config.output,
+            config.prompt,
+            on_progress=lambda n: bar.update(n - bar.n),
+            total_hint=total,
+        )
+    log.info(
+        "wrote %d frames to %s in %.1f s (%.1f fps)%s",
+        result.frames,
+        config.output,
+        result.seconds,
+        result.fps,
+        ", audio copied" if result.audio else "",
+    )
+
+
+def bench(config: Any) -> None:
+    from bench.harness import format_table, run_bench
+
+    report, path = run_bench(config, progress=lambda msg: log.info("bench: %s", msg))
+    print(format_table(report))
+    log.info("results written to %s", path)
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], Any], Callable[[Any], None]]] = {
+    "serve": (load_config, serve),
+    "stylize": (load_stylize_config, stylize),
+    "bench": (load_bench_config, bench),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command != "serve":
+    if command not in COMMANDS:
         print(f"livestyle: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
         return 2
+    load, run = COMMANDS[command]
     try:
-        config = load_config(rest)
+        config = load(rest)
     except ConfigError as exc:
         print(f"livestyle: configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config.log_level)
     try:
-        serve(config)
-    except (ConfigError, RuntimeError) as exc:
+        run(config)
+    except (ConfigError, RuntimeError, ValueError, OSError) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -12,9 +12,18 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-from pipeline.config import BATCH_BUCKETS, ENGINE_KINDS, ConfigError, EngineConfig
+from pipeline.config import (
+    BATCH_BUCKETS,
+    COMPILE_MODES,
+    ENGINE_KINDS,
+    TEXT_MODES,
+    ConfigError,
+    DiffusionConfig,
+    EngineConfig,
+)
 from signaling.ice import IceServer
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -91,16 +100,28 @@ def parse_ice_server(text: str) -> IceServer:
     return server
 
 
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """Engine options shared by `serve`, `stylize` and `bench`."""
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=ENGINE_KINDS, help="auto | diffusion | preview (LIVESTYLE_ENGINE)")
+    g.add_argument("--model", help="HF id, local dir, 'tiny' or random:DIR (LIVESTYLE_MODEL)")
+    g.add_argument("--max-batch", type=int, help=f"frames per engine step: {BATCH_BUCKETS} (LIVESTYLE_MAX_BATCH)")
+    g.add_argument("--device", help="torch device for the diffusion engine: auto, cuda, cuda:N, cpu")
+    g.add_argument("--steps", type=int, help="denoising steps per frame, 1..4 (LIVESTYLE_STEPS)")
+    g.add_argument("--text-mode", choices=TEXT_MODES, help="when the text encoder runs (LIVESTYLE_TEXT_MODE)")
+    g.add_argument("--text-refresh", type=int, help="steps between text-encoder refreshes in refresh mode")
+    g.add_argument("--text-image-size", type=int, help="frame side the text encoder sees (default 256)")
+    g.add_argument("--text-tokens", type=int, help="fixed text-encoder sequence length (default 256)")
+    g.add_argument("--seed", type=int, help="seed of each session's fixed noise")
+    g.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile mode for the UNet (LIVESTYLE_COMPILE)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="livestyle serve", description="Run the WebRTC stylization server.")
     p.add_argument("--host", help="address to listen on (LIVESTYLE_HOST, default 0.0.0.0)")
     p.add_argument("--port", type=int, help="port (LIVESTYLE_PORT, default 8080)")
     p.add_argument("--max-sessions", type=int, help="concurrent sessions (LIVESTYLE_MAX_SESSIONS, default 4)")
     p.add_argument("--idle-timeout", type=float, help="seconds without video before a session closes")
-    p.add_argument("--engine", choices=ENGINE_KINDS, help="auto | diffusion | preview (LIVESTYLE_ENGINE)")
-    p.add_argument("--model", help="HF id, local dir or 'tiny' (LIVESTYLE_MODEL)")
-    p.add_argument("--max-batch", type=int, help=f"frames per engine step: {BATCH_BUCKETS}")
-    p.add_argument("--device", help="torch device for the diffusion engine (auto, cuda, cuda:N, cpu)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate (LIVESTYLE_TLS_CERT)")
     p.add_argument("--tls-key", type=Path, help="PEM key (LIVESTYLE_TLS_KEY)")
     p.add_argument(
@@ -111,53 +132,162 @@ def _build_parser() -> argparse.ArgumentParser:
         "(LIVESTYLE_ICE_SERVERS: comma-separated)",
     )
     p.add_argument("--log-level", choices=LOG_LEVELS, help="LIVESTYLE_LOG_LEVEL, default info")
+    add_engine_arguments(p)
     return p
 
 
-_ENV_FIELDS: dict[str, tuple[str, type]] = {
-    "host": ("LIVESTYLE_HOST", str),
-    "port": ("LIVESTYLE_PORT", int),
-    "max_sessions": ("LIVESTYLE_MAX_SESSIONS", int),
-    "idle_timeout": ("LIVESTYLE_IDLE_TIMEOUT", float),
-    "engine": ("LIVESTYLE_ENGINE", str),
-    "model": ("LIVESTYLE_MODEL", str),
-    "max_batch": ("LIVESTYLE_MAX_BATCH", int),
-    "device": ("LIVESTYLE_DEVICE", str),
-    "tls_cert": ("LIVESTYLE_TLS_CERT", Path),
-    "tls_key": ("LIVESTYLE_TLS_KEY", Path),
-    "log_level": ("LIVESTYLE_LOG_LEVEL", str),
+# argparse dest -> (environment variable, type, field of the config dataclass)
+_SERVER_FIELDS: dict[str, tuple[str, type, str]] = {
+    "host": ("LIVESTYLE_HOST", str, "host"),
+    "port": ("LIVESTYLE_PORT", int, "port"),
+    "max_sessions": ("LIVESTYLE_MAX_SESSIONS", int, "max_sessions"),
+    "idle_timeout": ("LIVESTYLE_IDLE_TIMEOUT", float, "idle_timeout_s"),
+    "tls_cert": ("LIVESTYLE_TLS_CERT", Path, "tls_cert"),
+    "tls_key": ("LIVESTYLE_TLS_KEY", Path, "tls_key"),
+    "log_level": ("LIVESTYLE_LOG_LEVEL", str, "log_level"),
+}
+_ENGINE_FIELDS: dict[str, tuple[str, type, str]] = {
+    "engine": ("LIVESTYLE_ENGINE", str, "kind"),
+    "model": ("LIVESTYLE_MODEL", str, "model"),
+    "max_batch": ("LIVESTYLE_MAX_BATCH", int, "max_batch"),
+    "device": ("LIVESTYLE_DEVICE", str, "device"),
+}
+_DIFFUSION_FIELDS: dict[str, tuple[str, type, str]] = {
+    "steps": ("LIVESTYLE_STEPS", int, "steps"),
+    "text_mode": ("LIVESTYLE_TEXT_MODE", str, "text_mode"),
+    "text_refresh": ("LIVESTYLE_TEXT_REFRESH", int, "text_refresh"),
+    "text_image_size": ("LIVESTYLE_TEXT_IMAGE_SIZE", int, "text_image_size"),
+    "text_tokens": ("LIVESTYLE_TEXT_TOKENS", int, "text_tokens"),
+    "seed": ("LIVESTYLE_SEED", int, "seed"),
+    "compile": ("LIVESTYLE_COMPILE", str, "compile"),
 }
 
 
-def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:
-    """CLI > environment > defaults. Raises ConfigError (argparse exits on bad syntax)."""
-    env = os.environ if environ is None else environ
-    args = _build_parser().parse_args(list(argv))
+def _collect(
+    args: argparse.Namespace, env: Mapping[str, str], table: dict[str, tuple[str, type, str]]
+) -> dict[str, object]:
+    """Values given on the command line, else in the environment (absent ones left out)."""
     values: dict[str, object] = {}
-    for name, (var, cast) in _ENV_FIELDS.items():
-        value = getattr(args, name)
+    for dest, (var, cast, field_name) in table.items():
+        value = getattr(args, dest, None)
         if value is None and env.get(var):
             try:
                 value = cast(env[var])
             except ValueError:
                 raise ConfigError(f"{var}={env[var]!r} is not a valid {cast.__name__}") from None
         if value is not None:
-            values[name] = value
+            values[field_name] = value
+    return values
 
+
+def engine_config(args: argparse.Namespace, env: Mapping[str, str]) -> EngineConfig:
+    diffusion = DiffusionConfig(**_collect(args, env, _DIFFUSION_FIELDS))  # type: ignore[arg-type]
+    return EngineConfig(diffusion=diffusion, **_collect(args, env, _ENGINE_FIELDS))  # type: ignore[arg-type]
+
+
+def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """CLI > environment > defaults. Raises ConfigError (argparse exits on bad syntax)."""
+    env = os.environ if environ is None else environ
+    args = _build_parser().parse_args(list(argv))
+    values = _collect(args, env, _SERVER_FIELDS)
     ice_texts = args.ice_servers
     if ice_texts is None and env.get("LIVESTYLE_ICE_SERVERS"):
         ice_texts = [t for t in env["LIVESTYLE_ICE_SERVERS"].split(",") if t.strip()]
-    engine_fields: dict[str, object] = {}
-    for cli_name, field_name in (
-        ("engine", "kind"),
-        ("model", "model"),
-        ("max_batch", "max_batch"),
-        ("device", "device"),
-    ):
-        if cli_name in values:
-            engine_fields[field_name] = values.pop(cli_name)
-    if "idle_timeout" in values:
-        values["idle_timeout_s"] = values.pop("idle_timeout")
     if ice_texts is not None:
         values["ice_servers"] = tuple(parse_ice_server(t) for t in ice_texts)
-    return ServerConfig(engine=EngineConfig(**engine_fields), **values)  # type: ignore[arg-type]
+    return ServerConfig(engine=engine_config(args, env), **values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class StylizeConfig:
+    """`livestyle stylize IN OUT --prompt P`: run the engine over a video file."""
+
+    input: Path
+    """Video file to read."""
+    output: Path
+    """Video file to write (stylized frames, the input's audio copied when present)."""
+    prompt: str
+    """Style prompt for the whole file."""
+    engine: EngineConfig
+    """Engine settings; frames go through in batches of engine.max_batch consecutive frames."""
+    log_level: str = "info"
+    """Logging level."""
+
+    def __post_init__(self) -> None:
+        if not self.input.is_file():
+            raise ConfigError(f"input video {self.input} does not exist")
+        if self.output.resolve() == self.input.resolve():
+            raise ConfigError("output must be a different file than the input")
+        if len(self.prompt) > self.engine.max_prompt_chars:
+            raise ConfigError(f"prompt has {len(self.prompt)} characters; at most {self.engine.max_prompt_chars}")
+
+
+def load_stylize_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> StylizeConfig:
+    env = os.environ if environ is None else environ
+    p = argparse.ArgumentParser(prog="livestyle stylize", description="Stylize a video file with the engine.")
+    p.add_argument("input", type=Path, help="input video (any format PyAV/FFmpeg reads)")
+    p.add_argument("output", type=Path, help="output video (.mp4)")
+    p.add_argument("--prompt", required=True, help="style prompt, e.g. 'oil painting, vibrant colors'")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    add_engine_arguments(p)
+    args = p.parse_args(list(argv))
+    return StylizeConfig(args.input, args.output, args.prompt.strip(), engine_config(args, env), args.log_level)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Any:
+    from bench.harness import SCENARIOS, BenchConfig
+
+    env = os.environ if environ is None else environ
+    repo = Path(__file__).resolve().parent.parent
+    shared = repo.parent / "shared"
+    p = argparse.ArgumentParser(prog="livestyle bench", description="Benchmark the engine; writes a JSON result.")
+    p.add_argument(
+        "--model",
+        default=env.get("LIVESTYLE_MODEL") or f"random:{shared / 'reference'}",
+        help="random:DIR (full-size random weights from reference configs; default), tiny, HF id or dir",
+    )
+    p.add_argument("--davis-dir", type=Path, default=shared / "data" / "davis", help="folder of DAVIS .mp4 clips")
+    p.add_argument("--out-dir", type=Path, default=repo / "bench" / "results")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
+    p.add_argument("--frames", type=int, default=480, help="frames per offline measurement")
+    p.add_argument("--batches", type=_int_list, default=(1, 4, 8, 16), help="B values for the paper scenario")
+    p.add_argument("--sessions", type=_int_list, default=(1, 2, 4, 8, 16), help="N values, many sessions")
+    p.add_argument("--live-seconds", type=float, default=6.0, help="measured seconds per real-time scenario")
+    p.add_argument("--naive-frames", type=int, default=24)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", choices=COMPILE_MODES, default="auto")
+    p.add_argument("--tag", default="", help="extra text for the result file name")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    args = p.parse_args(list(argv))
+    scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise ConfigError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    if not args.davis_dir.is_dir():
+        raise ConfigError(f"DAVIS folder {args.davis_dir} does not exist; pass --davis-dir")
+    bad = [b for b in (*args.batches, *args.sessions) if not 1 <= b <= 16]
+    if bad:
+        raise ConfigError(f"batch and session counts must be 1..16, got {bad}")
+    config = BenchConfig(
+        model=args.model,
+        davis_dir=args.davis_dir,
+        out_dir=args.out_dir,
+        scenarios=scenarios,
+        frames=args.frames,
+        batches=args.batches,
+        sessions=args.sessions,
+        live_seconds=args.live_seconds,
+        naive_frames=args.naive_frames,
+        device=args.device,
+        compile=args.compile,
+        tag=args.tag,
+    )
+    object.__setattr__(config, "log_level", args.log_level)
+    return config

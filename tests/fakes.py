@@ -30,6 +30,7 @@ class FakeBackend:
             max_batch=max_batch,
             max_prompt_chars=max_prompt_chars,
         )
+        self.pipelined = False
         self.step_delay = step_delay
         self.fail_next_step: Exception | None = None
         self.fail_warmup: Exception | None = None
@@ -58,7 +59,10 @@ class FakeBackend:
     def set_prompt(self, session_id: str, prompt: str) -> None:
         self.prompts[session_id] = prompt
 
-    def stylize(self, frames: Sequence[FrameIn]) -> list[np.ndarray]:
+    def collect(self, ticket: list[np.ndarray]) -> list[np.ndarray]:
+        return ticket
+
+    def submit(self, frames: Sequence[FrameIn]) -> list[np.ndarray]:
         if self.fail_next_step is not None:
             exc, self.fail_next_step = self.fail_next_step, None
             raise exc

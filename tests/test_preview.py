@@ -68,7 +68,7 @@ def test_backend_rejects_long_prompts_and_keeps_styles_per_session(frame):
         backend.check_prompt("x" * 21)
     backend.open_session("a", "pencil sketch")
     backend.open_session("b", "neon cyberpunk")
-    out_a, out_b = backend.stylize([frame_in("a", frame), frame_in("b", frame)])
+    out_a, out_b = backend.submit([frame_in("a", frame), frame_in("b", frame)])
     assert not np.array_equal(out_a, out_b)
     assert np.array_equal(out_a, stylize_image(frame, style_for_prompt("pencil sketch")))
 

@@ -1,0 +1,459 @@
+"""The diffusion backend: DreamLite-mobile behind the EngineCore Backend interface.
+
+Per step (a batch of frames, one per session, or B consecutive frames of one stream in
+clip mode), padded to a fixed bucket (1, 2, 4, 8, 16) so shapes stay static:
+
+  side stream:  pinned upload -> crop/resize on the GPU -> VAE encode of the reference
+                -> text encoder for the rows that need fresh conditioning
+  main stream:  waits on the side stream's event -> compiled UNet steps + Euler + decode
+                -> uint8 -> pinned download -> event
+
+The backend is pipelined: submit() only launches; collect() waits on the batch's event.
+While the GPU runs the main stream of batch n, the engine thread already launches the
+side-stream work of batch n+1 (cross-stream ordering through events only, never a
+device-wide synchronize). On CPU (tests) the same code runs eagerly on one stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import BATCH_BUCKETS, DiffusionConfig
+from pipeline.core import PromptRejected
+from pipeline.diffusion.loading import Components
+from pipeline.diffusion.schedule import FlowSchedule
+from pipeline.diffusion.stages import DenoiseDecode, encode_reference, host_crop, square_frame
+from pipeline.diffusion.text import PromptTokens, TextConditioner
+from pipeline.messages import EngineInfo, FrameIn
+
+log = logging.getLogger(__name__)
+
+# Host frames larger than this (bytes) skip the pinned staging buffer (rare: the signaling
+# layer already scales camera frames to a 512 short side).
+STAGING_BYTES = 1024 * 1024 * 3
+RING = 3  # staging/output buffers in rotation: one filling, one in flight, one being read
+
+
+class WarmupOutOfMemory(RuntimeError):
+    pass
+
+
+@dataclass
+class _Session:
+    prompt: str
+    tokens: PromptTokens
+    noise: torch.Tensor
+    """(1, 4, h, w) fixed noise in the model dtype."""
+    cond: torch.Tensor | None = None
+    cond_mask: torch.Tensor | None = None
+    steps_since_text: int = 0
+    text_stale: bool = True
+
+
+class StageClock:
+    """Optional per-stage timing (CUDA events on each stream; wall clock on CPU). Off by
+    default: events on the hot path cost a little, and the benchmark turns it on."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.enabled = False
+        self.samples: dict[str, list[float]] = {}
+
+    def mark(self, marks: list[tuple[str, Any]] | None, name: str) -> None:
+        """Record the end of stage `name` on the current stream."""
+        if marks is None:
+            return
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            marks.append((name, event))
+        else:
+            marks.append((name, time.perf_counter()))
+
+    def new(self) -> list[tuple[str, Any]] | None:
+        if not self.enabled:
+            return None
+        marks: list[tuple[str, Any]] = []
+        self.mark(marks, "start")
+        return marks
+
+    def finish(self, *mark_lists: list[tuple[str, Any]] | None) -> None:
+        """After the work is done: turn consecutive marks into stage durations (ms)."""
+        for marks in mark_lists:
+            if not marks:
+                continue
+            for (_, a), (name, b) in itertools.pairwise(marks):
+                ms = a.elapsed_time(b) if self.cuda else (b - a) * 1000
+                self.samples.setdefault(name, []).append(ms)
+
+
+@dataclass
+class _Ticket:
+    rows: int
+    out: torch.Tensor
+    """Pinned (or CPU) uint8 (bucket, S, S, 3) the results land in."""
+    done: torch.cuda.Event | None
+    keep: list[torch.Tensor] = field(default_factory=list)
+    """Device tensors that must outlive the launch (freed after collect)."""
+    marks: tuple[list[tuple[str, Any]] | None, ...] = ()
+
+
+def bucket_for(n: int, max_batch: int) -> int:
+    for b in BATCH_BUCKETS:
+        if b >= n and b <= max_batch:
+            return b
+    raise ValueError(f"{n} frames exceed the largest batch bucket ({max_batch})")
+
+
+class DiffusionBackend:
+    def __init__(
+        self,
+        components: Components,
+        *,
+        info: EngineInfo,
+        config: DiffusionConfig,
+        device: torch.device,
+    ) -> None:
+        self.info = info
+        self.config = config
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.pipelined = self.cuda
+        self.size = info.output_size
+        self.max_batch = info.max_batch
+        c = components
+        self.vae = c.vae
+        self.dtype = c.unet.dtype
+        self.latent = self.size // (2 ** (len(c.vae.config.encoder_block_out_channels) - 1))
+        schedule = FlowSchedule.from_scheduler(c.scheduler, config.steps, self.latent, self.latent)
+        self.text = TextConditioner(
+            c.text_encoder,
+            c.tokenizer,
+            image_size=config.text_image_size,
+            text_tokens=config.text_tokens,
+            device=device,
+        )
+        self.text_only = config.text_mode == "prompt"
+        self.denoise: Callable[..., torch.Tensor] = DenoiseDecode(c.unet, c.vae, schedule, self.size)
+        self._compile_mode = self._pick_compile_mode(config.compile)
+        if self._compile_mode != "none":
+            # Batch is marked dynamic (see submit): one compile serves buckets 2..16 (plus one
+            # specialised for 1) instead of one 1-2 minute compile per bucket; CUDA graphs are
+            # still recorded per bucket.
+            self.denoise = torch.compile(self.denoise, mode=self._compile_mode)
+        self._sessions: dict[str, _Session] = {}
+        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # text-only mode
+        self._side = torch.cuda.Stream(device) if self.cuda else None
+        self._main = torch.cuda.current_stream(device) if self.cuda else None
+        self._ring = 0
+        pin = self.cuda
+        self._staging = [
+            torch.empty((self.max_batch, STAGING_BYTES), dtype=torch.uint8, pin_memory=pin) for _ in range(RING)
+        ]
+        self._staging_free: list[torch.cuda.Event | None] = [None] * RING
+        self._outputs = [
+            torch.empty((self.max_batch, self.size, self.size, 3), dtype=torch.uint8, pin_memory=pin)
+            for _ in range(RING)
+        ]
+        self._noise_gen_seed = config.seed
+        self.clock = StageClock(self.cuda)
+
+    def _pick_compile_mode(self, mode: str) -> str:
+        if mode == "auto":
+            return "reduce-overhead" if self.cuda else "none"
+        if mode != "none" and not self.cuda:
+            log.warning("torch.compile mode %s needs CUDA here; running the UNet eagerly", mode)
+            return "none"
+        return mode
+
+    # ---- sessions ---------------------------------------------------------------------------
+
+    def check_prompt(self, prompt: str) -> None:
+        if len(prompt) > self.info.max_prompt_chars:
+            raise PromptRejected(
+                "prompt_too_long",
+                f"prompt has {len(prompt)} characters; at most {self.info.max_prompt_chars} are allowed",
+            )
+        self.text.tokens(prompt, with_image=not self.text_only)
+
+    def _noise(self) -> torch.Tensor:
+        # Drawn on the CPU like diffusers' randn_tensor with a CPU generator, so a session
+        # with seed s sees the noise of pipeline(..., generator=Generator().manual_seed(s)).
+        gen = torch.Generator().manual_seed(self._noise_gen_seed)
+        noise = torch.randn((1, 4, self.latent, self.latent), generator=gen, dtype=self.dtype)
+        return noise.to(self.device)
+
+    def open_session(self, session_id: str, prompt: str) -> None:
+        tokens = self.text.tokens(prompt, with_image=not self.text_only)
+        self._sessions[session_id] = _Session(prompt, tokens, self._noise())
+
+    def close_session(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    def set_prompt(self, session_id: str, prompt: str) -> None:
+        s = self._sessions[session_id]
+        s.prompt = prompt
+        s.tokens = self.text.tokens(prompt, with_image=not self.text_only)
+        s.text_stale = True  # a new prompt refreshes the conditioning at the next step
+
+    # ---- steps ------------------------------------------------------------------------------
+
+    def _side_stream(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.cuda.stream(self._side) if self._side is not None else contextlib.nullcontext()
+
+    def _needs_text(self, s: _Session) -> bool:
+        mode = self.config.text_mode
+        if s.cond is None or s.text_stale or mode == "every":
+            return True
+        return mode == "refresh" and s.steps_since_text >= self.config.text_refresh
+
+    def _upload(self, frames: Sequence[FrameIn], slot: int) -> torch.Tensor:
+        """Host frames -> (B, 3, S, S) float [0, 255] on the device (current stream)."""
+        staging = self._staging[slot]
+        pending = self._staging_free[slot]
+        if pending is not None:
+            pending.synchronize()  # the DMA that last read this buffer must be done
+        squares = []
+        for i, frame in enumerate(frames):
+            crop = host_crop(frame.image)
+            n = crop.size
+            if n <= STAGING_BYTES:
+                view = staging[i, :n].numpy().reshape(crop.shape)
+                np.copyto(view, crop)
+                src = staging[i, :n].view(crop.shape)
+            else:
+                src = torch.from_numpy(np.ascontiguousarray(crop))
+            squares.append(square_frame(src.to(self.device, non_blocking=True), self.size))
+        if self.cuda:
+            event = torch.cuda.Event()
+            event.record()
+            self._staging_free[slot] = event
+        return torch.stack(squares)
+
+    @torch.inference_mode()
+    def submit(self, frames: Sequence[FrameIn]) -> _Ticket:
+        rows = len(frames)
+        bucket = bucket_for(rows, self.max_batch)
+        slot = self._ring
+        self._ring = (self._ring + 1) % RING
+        sessions = [self._sessions[f.session_id] for f in frames]
+        clock = self.clock
+        with self._side_stream():
+            side_marks = clock.new()
+            pixels = self._upload(frames, slot)
+            clock.mark(side_marks, "upload")
+            reference = encode_reference(self.vae, pixels)
+            clock.mark(side_marks, "vae_encode")
+            row_cond = self._refresh_text(sessions, pixels)
+            clock.mark(side_marks, "text_encoder")
+            cond, cond_mask = self._gather_cond(sessions, bucket, row_cond)
+            noise = torch.cat([s.noise for s in sessions])
+            if bucket > rows:  # pad to the bucket by repeating the last row (results dropped)
+                pad = bucket - rows
+                reference = torch.cat([reference, reference[-1:].expand(pad, -1, -1, -1)])
+                noise = torch.cat([noise, noise[-1:].expand(pad, -1, -1, -1)])
+            ready = torch.cuda.Event() if self.cuda else None
+            if ready is not None:
+                ready.record()
+        keep = [reference, noise, cond, cond_mask]
+        if self._main is not None and ready is not None:
+            self._main.wait_event(ready)
+            for t in keep:
+                t.record_stream(self._main)
+        if self._compile_mode != "none" and bucket > 1:
+            for t in (noise, reference, cond, cond_mask):
+                torch._dynamo.mark_dynamic(t, 0)
+        if self._compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        main_marks = clock.new()
+        images = self.denoise(noise, reference, cond, cond_mask)
+        clock.mark(main_marks, "unet_decode")
+        out = self._outputs[slot]
+        out[:bucket].copy_(images, non_blocking=True)
+        clock.mark(main_marks, "download")
+        done = None
+        if self.cuda:
+            done = torch.cuda.Event()
+            done.record()
+        for s in sessions:
+            s.steps_since_text += 1
+        return _Ticket(rows=rows, out=out, done=done, keep=keep, marks=(side_marks, main_marks))
+
+    def collect(self, ticket: _Ticket) -> list[np.ndarray]:
+        if ticket.done is not None:
+            ticket.done.synchronize()
+        self.clock.finish(*ticket.marks)
+        # Copy out of the ring buffer: it is reused RING launches later.
+        return [ticket.out[i].numpy().copy() for i in range(ticket.rows)]
+
+    def _refresh_text(self, sessions: list[_Session], pixels: torch.Tensor) -> dict[int, tuple[torch.Tensor, ...]]:
+        """Run the text encoder for the rows whose session needs fresh conditioning: one row
+        per session (the first of its frames in the batch = the representative frame) or,
+        with representative_frame off in clip mode, every frame. Returns per-row conditioning
+        that differs from the session's latest (per-frame clip mode only)."""
+        if self.text_only:
+            for s in sessions:
+                cached = self._prompt_cache.get(s.prompt)
+                if cached is None:
+                    cached = self.text.encode(None, [s.tokens])
+                    cached = (cached[0][0], cached[1][0])
+                    if len(self._prompt_cache) >= 256:
+                        self._prompt_cache.pop(next(iter(self._prompt_cache)))
+                    self._prompt_cache[s.prompt] = cached
+                s.cond, s.cond_mask = cached
+                s.text_stale = False
+            return {}
+        per_frame = not self.config.representative_frame and len({id(s) for s in sessions}) < len(sessions)
+        chosen: list[int] = []
+        seen: set[int] = set()
+        for i, s in enumerate(sessions):
+            if (per_frame or id(s) not in seen) and self._needs_text(s):
+                chosen.append(i)
+            seen.add(id(s))
+        row_cond: dict[int, tuple[torch.Tensor, ...]] = {}
+        if not chosen:
+            return row_cond
+        index = torch.tensor(chosen, device=self.device)
+        cond, mask = self.text.encode(pixels.index_select(0, index), [sessions[i].tokens for i in chosen])
+        for j, i in enumerate(chosen):
+            s = sessions[i]
+            s.cond, s.cond_mask = cond[j], mask[j]
+            s.steps_since_text = 0
+            s.text_stale = False
+            if per_frame:
+                row_cond[i] = (cond[j], mask[j])
+        return row_cond
+
+    def _gather_cond(
+        self, sessions: list[_Session], bucket: int, row_cond: dict[int, tuple[torch.Tensor, ...]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        conds, masks = [], []
+        for i, s in enumerate(sessions):
+            c, m = row_cond.get(i, (s.cond, s.cond_mask))
+            assert c is not None and m is not None
+            conds.append(c)
+            masks.append(m)
+        conds += [conds[-1]] * (bucket - len(conds))
+        masks += [masks[-1]] * (bucket - len(masks))
+        return torch.stack(conds), torch.stack(masks)
+
+    # ---- introspection (benchmarks, /healthz) ------------------------------------------------
+
+    def reconfigure_text(self, **changes: Any) -> None:
+        """Switch text-encoder scheduling at run time (benchmarks compare modes on one
+        compiled engine). Image-aware modes only: 'prompt' changes the token layout."""
+        config = dataclasses.replace(self.config, **changes)
+        if (config.text_mode == "prompt") != self.text_only:
+            raise ValueError("cannot switch between text-only and image-aware modes at run time")
+        self.config = config
+        for s in self._sessions.values():
+            s.text_stale = True
+
+    def device_info(self) -> dict[str, Any]:
+        import diffusers
+        import transformers
+
+        info: dict[str, Any] = {
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "compile": self._compile_mode,
+        }
+        if self.cuda:
+            props = torch.cuda.get_device_properties(self.device)
+            info.update(
+                gpu=props.name,
+                gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                cuda=torch.version.cuda,
+                sm_count=props.multi_processor_count,
+            )
+            try:
+                import subprocess
+
+                driver = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=False,
+                ).stdout.strip()
+                info["driver"] = driver.splitlines()[0] if driver else None
+            except (OSError, subprocess.SubprocessError):
+                info["driver"] = None
+        else:
+            info["gpu"] = None
+        return info
+
+    @torch.inference_mode()
+    def compiled_vs_eager(self, frames: Sequence[FrameIn]) -> dict[str, float] | None:
+        """Run one batch through the compiled graph and the same module eagerly: how far
+        apart are the uint8 frames? (None when nothing is compiled.)"""
+        eager = getattr(self.denoise, "_orig_mod", None)
+        if eager is None:
+            return None
+        compiled = self.collect(self.submit(frames))
+        self.denoise, saved = eager, self.denoise
+        mode, self._compile_mode = self._compile_mode, "none"
+        try:
+            for s in self._sessions.values():
+                s.text_stale = True  # same conditioning path for both runs
+            reference = self.collect(self.submit(frames))
+        finally:
+            self.denoise, self._compile_mode = saved, mode
+        diff = np.abs(np.stack(compiled).astype(np.int16) - np.stack(reference).astype(np.int16))
+        return {"max_abs_diff": float(diff.max()), "mean_abs_diff": round(float(diff.mean()), 4)}
+
+    def peak_memory_mb(self, reset: bool = False) -> float | None:
+        if not self.cuda:
+            return None
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        if reset:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return round(peak, 1)
+
+    # ---- warm-up ----------------------------------------------------------------------------
+
+    def buckets(self) -> list[int]:
+        return [b for b in BATCH_BUCKETS if b <= self.max_batch]
+
+    def warmup(self, progress: Callable[[str], None]) -> None:
+        """Run every bucket a few times: compiles the graph and records the CUDA graphs now,
+        not on a user's first frames."""
+        from fractions import Fraction
+
+        rng = np.random.default_rng(0)
+        image = rng.integers(0, 255, (self.size, self.size, 3), dtype=np.uint8)
+        sid = "__warmup__"
+        self.open_session(sid, "warm-up")
+        try:
+            buckets = self.buckets()
+            for n, b in enumerate(buckets, 1):
+                progress(f"batch bucket {b} ({n}/{len(buckets)}), compile={self._compile_mode}")
+                frames = [FrameIn(sid, image, 0, Fraction(1, 90000), 0.0)] * b
+                try:
+                    for _ in range(3 if self._compile_mode == "reduce-overhead" else 1):
+                        self.collect(self.submit(frames))
+                except torch.cuda.OutOfMemoryError as exc:
+                    raise WarmupOutOfMemory(
+                        f"out of GPU memory while warming up batch bucket {b}: lower --max-batch "
+                        f"(now {self.max_batch}) or --text-tokens, or free the GPU"
+                    ) from exc
+        finally:
+            self.close_session(sid)
+        progress("ready")
+
+    def close(self) -> None:
+        self._sessions.clear()
+        self._prompt_cache.clear()

@@ -1,0 +1,86 @@
+"""Pipeline stages on the device: frame preparation, VAE encode, and the denoise+decode
+graph that gets compiled (UNet steps, Euler updates and the VAE decode in one module).
+
+Maths as in diffusers' DreamLiteMobilePipeline (edit mode): the reference latent is
+vae.encode(2x-1).latents without scaling, the UNet sees cat([noisy, reference], dim=3)
+and its left half is kept, time_ids = [[W, H]], and the output is decode(x / scaling +
+shift) * 0.5 + 0.5 clamped to [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.diffusion.schedule import FlowSchedule
+
+
+def square_frame(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 on the device -> (3, size, size) float32 in [0, 255]: centre crop to
+    a square, then resize (antialiased bilinear) when the crop is not already size x size."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    x = image[y0 : y0 + side, x0 : x0 + side].permute(2, 0, 1).float()
+    if side != size:
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True)[0]
+    return x
+
+
+def host_crop(image: np.ndarray) -> np.ndarray:
+    """Centre-square view of a host frame: only these bytes travel to the device."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    return image[y0 : y0 + side, x0 : x0 + side]
+
+
+@torch.inference_mode()
+def encode_reference(vae: Any, frames: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) float [0, 255] -> reference latents (B, 4, S/8, S/8) in the VAE's dtype."""
+    x = (frames / 255.0) * 2.0 - 1.0
+    return vae.encode(x.to(vae.dtype)).latents
+
+
+class DenoiseDecode(nn.Module):
+    """noise, reference latents, text conditioning -> uint8 (B, S, S, 3) frames.
+
+    One module so torch.compile sees the whole per-frame GPU graph (UNet steps + Euler
+    updates + decode + uint8 conversion) and CUDA graphs can replay it in one launch."""
+
+    def __init__(self, unet: nn.Module, vae: nn.Module, schedule: FlowSchedule, size: int) -> None:
+        super().__init__()
+        self.unet = unet
+        self.vae = vae
+        self.sigmas = schedule.sigmas
+        self.timesteps = schedule.timesteps
+        self.dtype = unet.dtype
+        self.register_buffer("time_ids", torch.tensor([[float(size), float(size)]], dtype=self.dtype), persistent=False)
+        cfg = vae.config
+        self.latent_scale = float(cfg.get("scaling_factor", 1.0) or 1.0)
+        self.latent_shift = float(cfg.get("shift_factor", 0.0) or 0.0)
+
+    def forward(
+        self, noise: torch.Tensor, reference: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor
+    ) -> torch.Tensor:
+        x = noise
+        w = noise.shape[-1]
+        for i, t in enumerate(self.timesteps):
+            timestep = torch.full((noise.shape[0],), t, dtype=self.dtype, device=noise.device)
+            v = self.unet(
+                torch.cat([x, reference], dim=3),
+                timestep,
+                encoder_hidden_states=cond,
+                encoder_attention_mask=cond_mask,
+                added_cond_kwargs={"time_ids": self.time_ids},
+                return_dict=False,
+            )[0][..., :w]
+            # FlowMatchEulerDiscreteScheduler.step: float32 update, back to the model dtype.
+            x = (x.float() + (self.sigmas[i + 1] - self.sigmas[i]) * v.float()).to(v.dtype)
+        image = self.vae.decode(x / self.latent_scale + self.latent_shift, return_dict=False)[0]
+        image = (image.float() * 0.5 + 0.5).clamp(0, 1)
+        return (image * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
