@@ -8,6 +8,8 @@ Frames are real DAVIS-2017 clips. Scenarios:
   paper          one stream, B consecutive frames per step, text encoder on every frame
   cached_prompt  as paper, text encoder refreshed every 16 steps on one frame
   components     per-stage GPU time from CUDA events on each stream, peak memory
+  serial         paper and cached_prompt at B=8 with every stage on one stream (what the
+                 side-stream overlap buys)
   interactive    one session fed at 30 fps in real time through the engine client
   sessions       N sessions at 30 fps each, batched across sessions
 """
@@ -39,7 +41,7 @@ from pipeline.stats import EngineStats
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("naive", "paper", "cached_prompt", "components", "interactive", "sessions")
+SCENARIOS = ("naive", "paper", "cached_prompt", "components", "serial", "interactive", "sessions")
 TB = Fraction(1, 90_000)
 
 TARGETS = {
@@ -87,6 +89,8 @@ class BenchConfig:
     """torch.compile mode."""
     size: int = 512
     """Frame side."""
+    buckets: tuple[int, ...] | None = None
+    """Batch buckets compiled at warm-up (None = all up to the largest needed)."""
     tag: str = ""
     """Extra text for the result file name."""
 
@@ -146,7 +150,14 @@ def run_clip(core: EngineCore, frames: list[np.ndarray], batch: int, count: int,
         done += 1
     seconds = time.monotonic() - t0
     core.execute(RemoveSession(sid))
-    return {"B": batch, "frames": done, "seconds": round(seconds, 3), "fps": round(done / seconds, 1), **lat.summary()}
+    return {
+        "B": batch,
+        "bucket": core.backend.bucket_for(batch) if hasattr(core.backend, "bucket_for") else batch,
+        "frames": done,
+        "seconds": round(seconds, 3),
+        "fps": round(done / seconds, 1),
+        **lat.summary(),
+    }
 
 
 # ---- real-time scenarios (through EngineClient and its engine thread) -----------------------
@@ -277,7 +288,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> t
         max_batch=_max_batch(config),
         device=config.device,
         size=config.size,
-        diffusion=DiffusionConfig(compile=config.compile, text_mode="every", representative_frame=False),
+        diffusion=DiffusionConfig(
+            compile=config.compile, text_mode="every", representative_frame=False, buckets=config.buckets
+        ),
     )
     device, why_not = _device(engine_config)
     if device is None:
@@ -321,17 +334,25 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> t
                 continue
             progress(f"paper: B={b}, {config.frames} frames, text encoder on every frame")
             backend.clock.enabled = "components" in config.scenarios and b == 8
+            backend.text_stage.timings_ms = [] if backend.clock.enabled else None
             backend.peak_memory_mb(reset=True)
             row = run_clip(core, frames, b, config.frames, config.prompt)
             row["peak_memory_mb"] = backend.peak_memory_mb()
             results["paper"].append(row)
             if backend.clock.enabled:
+                backend.text_stage.drain_timings()
+                text_ms = backend.text_stage.timings_ms or [0.0]
+                backend.text_stage.timings_ms = None
                 results["components"] = {
                     "B": 8,
                     "mode": "paper (text encoder on every frame)",
                     "stage_ms_mean": {k: round(statistics.mean(v), 3) for k, v in backend.clock.samples.items()},
-                    "note": "side stream: upload, vae_encode, text_encoder; main stream: unet_decode "
-                    "(UNet steps + Euler + VAE decode, one compiled graph), download",
+                    "text_stream_ms_per_launch": round(statistics.mean(text_ms), 3),
+                    "note": "side stream: upload, vae_encode, text_encoder (= enqueue/wait on the side stream; "
+                    "the encoder itself runs on the text stream: text_stream_ms_per_launch); main stream: "
+                    "unet_decode (UNet steps + Euler + VAE decode, one compiled graph), download. Streams "
+                    "overlap, so stage times include contention; the *_serial scenarios run the same work "
+                    "on one stream",
                     "peak_memory_mb": row["peak_memory_mb"],
                 }
                 backend.clock.samples.clear()
@@ -349,6 +370,18 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> t
             }
         backend.clock.samples.clear()
         backend.clock.enabled = False
+        save()
+
+    if "serial" in config.scenarios:
+        # The same B=8 runs with every stage on one stream: what the stream overlap buys.
+        backend.set_overlap(False)
+        backend.reconfigure_text(text_mode="every", representative_frame=False)
+        progress("serial: paper B=8 on one stream")
+        results["paper_serial"] = [run_clip(core, frames, 8, config.frames, config.prompt)]
+        backend.reconfigure_text(text_mode="refresh", text_refresh=16, representative_frame=True)
+        progress("serial: cached_prompt B=8 on one stream")
+        results["cached_prompt_serial"] = [run_clip(core, frames, 8, config.frames, config.prompt)]
+        backend.set_overlap(True)
         save()
 
     live_counts: list[int] = []
@@ -422,6 +455,8 @@ def _max_batch(config: BenchConfig) -> int:
     if "sessions" in config.scenarios:
         need += list(config.sessions)
     top = max(need)
+    if config.buckets:
+        return min(max(config.buckets), next(b for b in (1, 2, 4, 8, 16) if b >= top))
     return next(b for b in (1, 2, 4, 8, 16) if b >= top)
 
 

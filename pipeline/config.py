@@ -48,6 +48,10 @@ class DiffusionConfig:
     compile: str = "auto"
     """torch.compile of the UNet+decode graph: 'reduce-overhead' (CUDA graphs), 'default',
     'none', or 'auto' (reduce-overhead on CUDA, none on CPU)."""
+    buckets: tuple[int, ...] | None = None
+    """Batch sizes compiled at warm-up (static shapes: ~1.5 minutes each on an H100, and 30%
+    faster than one batch-dynamic graph). A step pads its batch up to the smallest bucket
+    that holds it. None = every size in 1, 2, 4, 8, 16 up to max_batch."""
     revision: str | None = "diffusers"
     """Hugging Face revision of the model repository (None for a local directory's files)."""
 
@@ -64,6 +68,8 @@ class DiffusionConfig:
             )
         if not 96 <= self.text_tokens <= 2048:
             raise ConfigError(f"text_tokens {self.text_tokens} is not allowed; use 96..2048")
+        if self.buckets is not None and (not self.buckets or any(b not in BATCH_BUCKETS for b in self.buckets)):
+            raise ConfigError(f"buckets {self.buckets} are not allowed; use a non-empty subset of {BATCH_BUCKETS}")
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"compile {self.compile!r} is not known; use one of {', '.join(COMPILE_MODES)}")
 
@@ -100,5 +106,9 @@ class EngineConfig:
             raise ConfigError(f"max_prompt_chars {self.max_prompt_chars} is not allowed; use 1..4000")
         if not self.model.strip():
             raise ConfigError("model must not be empty; give a Hugging Face id, a local directory or 'tiny'")
+        if self.diffusion.buckets is not None and max(self.diffusion.buckets) < self.max_batch:
+            raise ConfigError(
+                f"the largest bucket {max(self.diffusion.buckets)} cannot hold max_batch {self.max_batch}"
+            )
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device {self.device!r} is not allowed; use auto, cpu, cuda or cuda:N")

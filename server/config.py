@@ -264,6 +264,7 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", choices=COMPILE_MODES, default="auto")
     p.add_argument("--tag", default="", help="extra text for the result file name")
+    p.add_argument("--buckets", type=_int_list, default=None, help="batch buckets to compile (default: all needed)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     args = p.parse_args(list(argv))
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
@@ -288,6 +289,7 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
         device=args.device,
         compile=args.compile,
         tag=args.tag,
+        buckets=args.buckets,
     )
     object.__setattr__(config, "log_level", args.log_level)
     return config

@@ -216,15 +216,27 @@ class TextConditioner:
             frames = F.interpolate(frames, size=(self.image_size,) * 2, mode="bilinear", antialias=True)
         return (frames * (1 / 255) - 0.5) / 0.5
 
+    def host_inputs(self, tokens: list[PromptTokens]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) for a batch of prompts, on the device. The mask marks valid positions
+        after the system prefix; the text encoder itself needs none (causal attention, right
+        padding)."""
+        ids = torch.stack([t.ids for t in tokens])
+        lengths = torch.tensor([t.length for t in tokens])
+        mask = (torch.arange(SYSTEM_PREFIX_TOKENS, self.text_tokens)[None] < lengths[:, None]).long()
+        return ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+
     @torch.inference_mode()
     def encode(self, frames: torch.Tensor | None, tokens: list[PromptTokens]) -> tuple[torch.Tensor, torch.Tensor]:
         """frames: (B, 3, S, S) float in [0, 255] on the device, or None for text-only
         tokens. Returns (B, text_tokens - 64, hidden) in the encoder's dtype and the
         (B, text_tokens - 64) int64 mask of valid positions."""
-        b = len(tokens)
-        ids = torch.stack([t.ids for t in tokens]).to(self.device, non_blocking=True)
-        lengths = torch.tensor([t.length for t in tokens])
-        mask = (torch.arange(self.text_tokens)[None] < lengths[:, None]).long().to(self.device, non_blocking=True)
+        ids, mask = self.host_inputs(tokens)
+        return self.forward(frames, ids), mask
+
+    @torch.inference_mode()
+    def forward(self, frames: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor:
+        """Device-only part of encode() (no host syncs or copies: CUDA-graph capturable)."""
+        b = ids.shape[0]
         embeds = self.model.get_input_embeddings()(ids)
         lm = self.model.language_model
         if frames is None:
@@ -243,4 +255,4 @@ class TextConditioner:
                 deepstack_visual_embeds=vision.deepstack_features,
                 use_cache=False,
             ).last_hidden_state
-        return hidden[:, SYSTEM_PREFIX_TOKENS:], mask[:, SYSTEM_PREFIX_TOKENS:]
+        return hidden[:, SYSTEM_PREFIX_TOKENS:]
