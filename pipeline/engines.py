@@ -82,15 +82,17 @@ def resolve_engine(config: EngineConfig) -> EngineSpec:
     device, why_not = _device(config)
     if device is None:
         return _fallback(config, f"{why_not}: using the CPU preview stylizer")
-    from pipeline.diffusion.loading import download_weights, remedies, weights_location
+    from pipeline.diffusion.loading import download_weights, is_hub_id, remedies, weights_location
 
     where, detail = weights_location(config.model, config.diffusion.revision)
-    if where is None:
+    if where is None and is_hub_id(config.model):
         log.info("model %s not found locally (%s): trying to download it", config.model, detail)
         where, detail = download_weights(config.model, config.diffusion.revision)
     if where is None:
         return _fallback(
-            config, f"the weights of {config.model} are not available ({detail}). {remedies(config.model, None)}"
+            config,
+            f"the weights of {config.model} are not available ({detail}). "
+            + remedies(config.model, config.diffusion.revision),
         )
     reason = f"{config.model} ({where}) on {device}"
     log.info("engine: diffusion, %s", reason)

@@ -137,3 +137,19 @@ async def test_aclose_stops_the_thread_and_closes_sessions():
     assert backend.closed and client.state == "closed"
     with pytest.raises(Exception):  # noqa: B017 - SessionClosed
         await asyncio.wait_for(session.recv(), 1)
+
+
+async def test_pipelined_core_adds_no_latency_when_idle():
+    """With nothing new to launch, the bridge collects the batch in flight at once."""
+    backend = FakeBackend(step_delay=0.0)
+    backend.pipelined = True
+    client = await started(backend)
+    session = client.open_session("s", "p")
+    latencies = []
+    for k in range(5):
+        session.submit(IMAGE, k, TB)
+        out = await asyncio.wait_for(session.recv(), 2)
+        latencies.append((time.monotonic() - out.t_in) * 1000)
+        await asyncio.sleep(0.03)
+    await client.aclose()
+    assert max(latencies) < 50

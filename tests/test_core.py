@@ -84,3 +84,28 @@ def test_invalid_initial_prompt_starts_empty_with_an_error():
     events = core.execute(AddSession("a", "too long"))
     assert events[0].code == "prompt_invalid"
     assert int(core.step([frame_in("a")]).outputs[0].image[0, 0, 0]) == 0
+
+
+def test_pipelined_backend_returns_the_previous_batch_and_flush_drains():
+    core, backend = core_with(("a", "aa"), ("b", "bbb"))
+    backend.pipelined = True
+    first = core.step([frame_in("a", pts=1), frame_in("b", pts=1)])
+    assert first.outputs == [] and core.has_inflight
+    second = core.step([frame_in("a", pts=2)])
+    assert sorted((o.session_id, o.pts) for o in second.outputs) == [("a", 1), ("b", 1)]
+    rest = core.flush()
+    assert [(o.session_id, o.pts) for o in rest.outputs] == [("a", 2)] and not core.has_inflight
+    assert core.flush().outputs == []
+
+
+def test_pipelined_prompt_seq_is_the_one_at_submit_time():
+    core, backend = core_with(("a", "aa"))
+    backend.pipelined = True
+    core.step([frame_in("a", pts=1)])  # launched with prompt seq 0
+    core.execute(SetPrompt("a", "aaaa", 5, time.monotonic()))
+    out = core.step([frame_in("a", pts=2)])
+    assert [o.prompt_seq for o in out.outputs] == [0]
+    assert not [e for e in out.events if isinstance(e, PromptApplied)]  # not yet made with seq 5
+    done = core.flush()
+    assert done.outputs[0].prompt_seq == 5
+    assert [e.seq for e in done.events if isinstance(e, PromptApplied)] == [5]

@@ -166,3 +166,28 @@ async def test_vanished_and_silent_clients_are_reaped(server, clip):
             await asyncio.sleep(0.1)
         assert len(registry) == 0
         await silent.close()
+
+
+@pytest.mark.diffusion
+async def test_tiny_diffusion_engine_behind_the_same_server(server, clip):
+    """The diffusion engine slots in behind the unchanged server/signaling code."""
+    config = EngineConfig(kind="diffusion", model="tiny", device="cpu", max_batch=1)
+    srv = TestServer(create_app(ServerConfig(port=0, engine=config)))
+    await srv.start_server()
+    try:
+        base = str(srv.make_url("")).rstrip("/")
+        async with ClientSession() as http:
+            client = LoopbackClient(base, ClipTrack(clip, fps=30), prompt=PROMPT_A)
+            await client.connect(http)
+            hello = await client.wait_message(lambda m: m["type"] == "hello", timeout=30)
+            assert hello["engine"]["kind"] == "diffusion" and hello["engine"]["model"] == "tiny"
+            await client.wait_frames(3, timeout=60)
+            client.send(type="set_prompt", prompt=PROMPT_B, seq=1)
+            applied = await client.wait_message(lambda m: m["type"] == "prompt_applied", timeout=30)
+            assert applied["seq"] == 1
+            await client.close()
+        assert all(r.image.shape == (512, 512, 3) for r in client.received)
+        pts = [r.pts for r in client.received]
+        assert all(b > a for a, b in itertools.pairwise(pts))
+    finally:
+        await srv.close()

@@ -23,13 +23,22 @@ class ModelLoadError(RuntimeError):
     pass
 
 
+def is_hub_id(model: str) -> bool:
+    """'owner/name' that is not an existing path (and not one of our in-code models)."""
+    if model == TINY or model.startswith(RANDOM_PREFIX) or model.startswith((".", "/", "~")):
+        return False
+    return not Path(model).expanduser().exists() and model.count("/") == 1
+
+
 def remedies(model: str, revision: str | None) -> str:
-    rev = f" --revision {revision}" if revision else ""
+    if is_hub_id(model):
+        rev = f" --revision {revision}" if revision else ""
+        fetch = f"download the weights first (`hf download {model}{rev}`) or pass a local directory with --model"
+    else:
+        fetch = "check that --model points at a diffusers model directory (with model_index.json) or give a Hub id"
     return (
-        "Remedies: download the weights first (`hf download "
-        f"{model}{rev}`) or pass a local directory with --model /path/to/model; set HF_TOKEN if the "
-        "repository needs a login; or run the CPU preview with --engine preview (or --model tiny for a "
-        "smoke test with random weights)."
+        f"Remedies: {fetch}; set HF_TOKEN if the repository needs a login; or run the CPU preview with "
+        "--engine preview (or --model tiny for a smoke test with random weights)."
     )
 
 
@@ -70,7 +79,7 @@ def weights_location(model: str, revision: str | None) -> tuple[str | None, str]
 
 def download_weights(model: str, revision: str | None) -> tuple[str | None, str]:
     """Try to fetch an HF repository into the cache: ('download', path) or (None, why not)."""
-    if model == TINY or model.startswith(RANDOM_PREFIX) or Path(model).expanduser().exists():
+    if not is_hub_id(model):
         return None, "not a Hugging Face repository id"
     try:
         from huggingface_hub import snapshot_download
