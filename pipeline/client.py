@@ -29,6 +29,7 @@ from pipeline.messages import (
     PromptApplied,
     RemoveSession,
     SessionError,
+    SetAdapterStrength,
     SetPrompt,
 )
 from pipeline.slots import Inbox, LatestSlot, SlotClosed
@@ -187,6 +188,12 @@ class EngineSession:
             raise EngineUnavailable(self._client.failure or "engine is not running")
         self._last_prompt_seq = seq
         bridge.send(SetPrompt(self.session_id, prompt, seq, time.monotonic()))
+
+    def set_adapter_strength(self, value: float, seq: int) -> None:
+        bridge = self._client._bridge
+        if bridge is None or self._out.closed:
+            raise EngineUnavailable(self._client.failure or "engine is not running")
+        bridge.send(SetAdapterStrength(self.session_id, value, seq))
 
     async def next_event(self) -> Event:
         """PromptApplied / SessionError / EngineFailed, in order. Raises SlotClosed

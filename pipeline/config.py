@@ -52,6 +52,16 @@ class DiffusionConfig:
     """Batch sizes compiled at warm-up (static shapes: ~1.5 minutes each on an H100, and 30%
     faster than one batch-dynamic graph). A step pads its batch up to the smallest bucket
     that holds it. None = every size in 1, 2, 4, 8, 16 up to max_batch."""
+    lllite: str | None = None
+    """Path of a temporal ControlNet-LLLite checkpoint (v3 layout); None = no adapter."""
+    lllite_blocks: str = "down_blocks"
+    """Adapter sites: 'down_blocks' (38 modules) or 'all' (108)."""
+    lllite_refresh: int = 8
+    """Steps between adapter conditioning refreshes (also at once on a scene cut or a new prompt)."""
+    adapter_strength: float = 1.0
+    """Initial adapter multiplier of a session (0..1.5; the adapter was trained at 1.0)."""
+    scene_cut_threshold: float = 0.3
+    """Bhattacharyya distance of consecutive frames' colour histograms that counts as a cut."""
     revision: str | None = "diffusers"
     """Hugging Face revision of the model repository (None for a local directory's files)."""
 
@@ -70,6 +80,14 @@ class DiffusionConfig:
             raise ConfigError(f"text_tokens {self.text_tokens} is not allowed; use 96..2048")
         if self.buckets is not None and (not self.buckets or any(b not in BATCH_BUCKETS for b in self.buckets)):
             raise ConfigError(f"buckets {self.buckets} are not allowed; use a non-empty subset of {BATCH_BUCKETS}")
+        if self.lllite_blocks not in ("down_blocks", "all"):
+            raise ConfigError(f"lllite_blocks {self.lllite_blocks!r} is not known; use down_blocks or all")
+        if not 1 <= self.lllite_refresh <= 1000:
+            raise ConfigError(f"lllite_refresh {self.lllite_refresh} is not allowed; use 1..1000")
+        if not 0.0 <= self.adapter_strength <= 1.5:
+            raise ConfigError(f"adapter_strength {self.adapter_strength} is not allowed; use 0..1.5")
+        if not 0.0 < self.scene_cut_threshold < 1.0:
+            raise ConfigError(f"scene_cut_threshold {self.scene_cut_threshold} is not allowed; use (0, 1)")
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"compile {self.compile!r} is not known; use one of {', '.join(COMPILE_MODES)}")
 

@@ -26,6 +26,7 @@ from pipeline.messages import (
     PromptApplied,
     RemoveSession,
     SessionError,
+    SetAdapterStrength,
     SetPrompt,
 )
 from pipeline.stats import EngineStats
@@ -43,6 +44,10 @@ class PromptRejected(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class AdapterUnavailable(Exception):
+    """The engine runs without a temporal adapter (start it with --lllite PATH)."""
 
 
 class EngineFatalError(RuntimeError):
@@ -70,6 +75,9 @@ class Backend(Protocol):
     def close_session(self, session_id: str) -> None: ...
 
     def set_prompt(self, session_id: str, prompt: str) -> None: ...
+
+    def set_adapter_strength(self, session_id: str, value: float) -> None:
+        """Raise AdapterUnavailable when the backend has no temporal adapter."""
 
     def submit(self, frames: Sequence[FrameIn]) -> Any:
         """Start stylizing; returns a ticket for collect(). Frames may share a session
@@ -138,6 +146,14 @@ class EngineCore:
             return []
         if isinstance(cmd, SetPrompt):
             return self._set_prompt(cmd)
+        if isinstance(cmd, SetAdapterStrength):
+            if cmd.session_id not in self._sessions:
+                return [SessionError(cmd.session_id, "unknown_session", "session is not open", cmd.seq)]
+            try:
+                self.backend.set_adapter_strength(cmd.session_id, cmd.value)
+            except AdapterUnavailable as exc:
+                return [SessionError(cmd.session_id, "adapter_unavailable", str(exc), cmd.seq)]
+            return []
         raise TypeError(f"unknown engine command {type(cmd).__name__}")
 
     def _add(self, cmd: AddSession) -> list[Event]:

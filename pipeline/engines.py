@@ -57,6 +57,11 @@ def diffusion_spec(config: EngineConfig, device: Any, reason: str) -> EngineSpec
         output_size=config.size,
         max_batch=config.max_batch,
         max_prompt_chars=config.max_prompt_chars,
+        adapter=(
+            f"temporal LLLite ({config.diffusion.lllite_blocks}, refresh {config.diffusion.lllite_refresh})"
+            if config.diffusion.lllite
+            else None
+        ),
     )
 
     def build(stats: EngineStats) -> EngineCore:

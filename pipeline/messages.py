@@ -66,7 +66,15 @@ class SetPrompt:
     """time.monotonic() when the request reached the server (start of prompt latency)."""
 
 
-Command = AddSession | RemoveSession | SetPrompt
+@dataclass(frozen=True, slots=True)
+class SetAdapterStrength:
+    session_id: str
+    value: float
+    """Temporal adapter multiplier, 0..1.5."""
+    seq: int
+
+
+Command = AddSession | RemoveSession | SetPrompt | SetAdapterStrength
 
 
 # ---- events: core -> client -------------------------------------------------------
@@ -81,6 +89,7 @@ class PromptApplied:
 
 
 ErrorCode = Literal[
+    "adapter_unavailable",
     "prompt_too_long",
     "prompt_invalid",
     "bad_frame",
@@ -120,3 +129,5 @@ class EngineInfo:
     output_size: int
     max_batch: int
     max_prompt_chars: int
+    adapter: str | None = None
+    """Description of the temporal adapter when one is loaded (the page offers its strength)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.core import PromptRejected
+from pipeline.core import AdapterUnavailable, PromptRejected
 from pipeline.messages import EngineInfo, FrameIn
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,9 @@ class PreviewBackend:
 
     def collect(self, ticket: list[np.ndarray]) -> list[np.ndarray]:
         return ticket
+
+    def set_adapter_strength(self, session_id: str, value: float) -> None:
+        raise AdapterUnavailable("the preview engine has no temporal adapter")
 
     def close(self) -> None:
         self._styles.clear()

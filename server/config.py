@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,13 @@ def parse_ice_server(text: str) -> IceServer:
     return server
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a comma-separated list of integers") from None
+
+
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """Engine options shared by `serve`, `stylize` and `bench`."""
     g = p.add_argument_group("engine")
@@ -114,6 +121,11 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-tokens", type=int, help="fixed text-encoder sequence length (default 256)")
     g.add_argument("--seed", type=int, help="seed of each session's fixed noise")
     g.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile mode for the UNet (LIVESTYLE_COMPILE)")
+    g.add_argument("--buckets", type=_int_list, help="batch sizes compiled at start, e.g. 1,4,8 (default: all)")
+    g.add_argument("--lllite", help="temporal LLLite adapter checkpoint (.safetensors) (LIVESTYLE_LLLITE)")
+    g.add_argument("--lllite-blocks", choices=("down_blocks", "all"), help="adapter sites (default down_blocks)")
+    g.add_argument("--lllite-refresh", type=int, help="steps between adapter conditioning refreshes (default 8)")
+    g.add_argument("--adapter-strength", type=float, help="initial adapter strength 0..1.5 (default 1.0)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -137,7 +149,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 # argparse dest -> (environment variable, type, field of the config dataclass)
-_SERVER_FIELDS: dict[str, tuple[str, type, str]] = {
+_SERVER_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "host": ("LIVESTYLE_HOST", str, "host"),
     "port": ("LIVESTYLE_PORT", int, "port"),
     "max_sessions": ("LIVESTYLE_MAX_SESSIONS", int, "max_sessions"),
@@ -146,13 +158,13 @@ _SERVER_FIELDS: dict[str, tuple[str, type, str]] = {
     "tls_key": ("LIVESTYLE_TLS_KEY", Path, "tls_key"),
     "log_level": ("LIVESTYLE_LOG_LEVEL", str, "log_level"),
 }
-_ENGINE_FIELDS: dict[str, tuple[str, type, str]] = {
+_ENGINE_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "engine": ("LIVESTYLE_ENGINE", str, "kind"),
     "model": ("LIVESTYLE_MODEL", str, "model"),
     "max_batch": ("LIVESTYLE_MAX_BATCH", int, "max_batch"),
     "device": ("LIVESTYLE_DEVICE", str, "device"),
 }
-_DIFFUSION_FIELDS: dict[str, tuple[str, type, str]] = {
+_DIFFUSION_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "steps": ("LIVESTYLE_STEPS", int, "steps"),
     "text_mode": ("LIVESTYLE_TEXT_MODE", str, "text_mode"),
     "text_refresh": ("LIVESTYLE_TEXT_REFRESH", int, "text_refresh"),
@@ -160,11 +172,16 @@ _DIFFUSION_FIELDS: dict[str, tuple[str, type, str]] = {
     "text_tokens": ("LIVESTYLE_TEXT_TOKENS", int, "text_tokens"),
     "seed": ("LIVESTYLE_SEED", int, "seed"),
     "compile": ("LIVESTYLE_COMPILE", str, "compile"),
+    "buckets": ("LIVESTYLE_BUCKETS", _int_list, "buckets"),
+    "lllite": ("LIVESTYLE_LLLITE", str, "lllite"),
+    "lllite_blocks": ("LIVESTYLE_LLLITE_BLOCKS", str, "lllite_blocks"),
+    "lllite_refresh": ("LIVESTYLE_LLLITE_REFRESH", int, "lllite_refresh"),
+    "adapter_strength": ("LIVESTYLE_ADAPTER_STRENGTH", float, "adapter_strength"),
 }
 
 
 def _collect(
-    args: argparse.Namespace, env: Mapping[str, str], table: dict[str, tuple[str, type, str]]
+    args: argparse.Namespace, env: Mapping[str, str], table: dict[str, tuple[str, Callable[[str], Any], str]]
 ) -> dict[str, object]:
     """Values given on the command line, else in the environment (absent ones left out)."""
     values: dict[str, object] = {}
@@ -232,13 +249,6 @@ def load_stylize_config(argv: Sequence[str], environ: Mapping[str, str] | None =
     add_engine_arguments(p)
     args = p.parse_args(list(argv))
     return StylizeConfig(args.input, args.output, args.prompt.strip(), engine_config(args, env), args.log_level)
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Any:

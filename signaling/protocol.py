@@ -1,6 +1,6 @@
 """The `control` data-channel protocol: typed JSON messages with a version field.
 
-client -> server: set_prompt {prompt, seq}, ping {t}
+client -> server: set_prompt {prompt, seq}, set_adapter_strength {value, seq}, ping {t}
 server -> client: hello {session_id, engine}, pong {t}, prompt_applied {seq, latency_ms},
                   stats {fps_in, fps_out, dropped, latency_ms}, error {code, message, seq?}
 
@@ -38,11 +38,18 @@ class SetPromptMsg:
 
 
 @dataclass(frozen=True)
+class SetAdapterStrengthMsg:
+    value: float
+    seq: int
+
+
+@dataclass(frozen=True)
 class PingMsg:
     t: float
 
 
-ClientMessage = SetPromptMsg | PingMsg
+ClientMessage = SetPromptMsg | SetAdapterStrengthMsg | PingMsg
+MAX_ADAPTER_STRENGTH = 1.5
 
 
 def parse_client_message(raw: str | bytes, max_prompt_chars: int) -> ClientMessage:
@@ -78,12 +85,22 @@ def parse_client_message(raw: str | bytes, max_prompt_chars: int) -> ClientMessa
                 seq,
             )
         return SetPromptMsg(prompt=prompt, seq=seq)
+    if kind == "set_adapter_strength":
+        seq = _int_field(data, "seq")
+        value = data.get("value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ProtocolError("bad_message", "set_adapter_strength needs a number 'value'", seq)
+        if not 0.0 <= value <= MAX_ADAPTER_STRENGTH:
+            raise ProtocolError("bad_value", f"adapter strength {value} is outside 0..{MAX_ADAPTER_STRENGTH}", seq)
+        return SetAdapterStrengthMsg(value=float(value), seq=seq)
     if kind == "ping":
         t = data.get("t")
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
             raise ProtocolError("bad_message", "ping needs a finite number 't'")
         return PingMsg(t=float(t))
-    raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected set_prompt or ping")
+    raise ProtocolError(
+        "unknown_type", f"unknown message type {kind!r}; expected set_prompt, set_adapter_strength or ping"
+    )
 
 
 def _int_field(data: dict[str, Any], name: str) -> int:

@@ -27,6 +27,7 @@ from signaling.protocol import (
     PromptAppliedMsg,
     ProtocolError,
     ServerMessage,
+    SetAdapterStrengthMsg,
     SetPromptMsg,
     StatsMsg,
     encode_server_message,
@@ -63,7 +64,7 @@ class SessionSettings:
 
 
 def engine_json(info: EngineInfo, state: str) -> dict[str, Any]:
-    return {"kind": info.kind, "model": info.model, "reason": info.reason, "state": state}
+    return {"kind": info.kind, "model": info.model, "reason": info.reason, "state": state, "adapter": info.adapter}
 
 
 class Session:
@@ -144,6 +145,12 @@ class Session:
             return
         if isinstance(msg, PingMsg):
             self._send(PongMsg(t=msg.t))
+        elif isinstance(msg, SetAdapterStrengthMsg):
+            self.log.info("set_adapter_strength seq=%d %.2f", msg.seq, msg.value)
+            try:
+                self.engine.set_adapter_strength(msg.value, msg.seq)
+            except Exception as exc:  # noqa: BLE001 - engine gone: tell the client
+                self._send(ErrorMsg(code="engine_failed", message=str(exc), seq=msg.seq))
         elif isinstance(msg, SetPromptMsg):
             self.log.info("set_prompt seq=%d %r", msg.seq, msg.prompt[:80])
             try:

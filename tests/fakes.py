@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 
 from pipeline.client import EngineSpec
-from pipeline.core import EngineCore, PromptRejected
+from pipeline.core import AdapterUnavailable, EngineCore, PromptRejected
 from pipeline.messages import EngineInfo, FrameIn
 from pipeline.stats import EngineStats
 
@@ -71,6 +71,9 @@ class FakeBackend:
             time.sleep(self.step_delay)
         size = self.info.output_size
         return [np.full((size, size, 3), len(self.prompts[f.session_id]) % 256, dtype=np.uint8) for f in frames]
+
+    def set_adapter_strength(self, session_id: str, value: float) -> None:
+        raise AdapterUnavailable("the preview engine has no temporal adapter")
 
     def close(self) -> None:
         self.closed = True

@@ -26,14 +26,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.config import BATCH_BUCKETS, DiffusionConfig
-from pipeline.core import PromptRejected
+from pipeline.core import AdapterUnavailable, PromptRejected
+from pipeline.diffusion.adapter_stage import AdapterStage
 from pipeline.diffusion.conditioning import Conditioning, TextStage
+from pipeline.diffusion.lllite import AdapterBank, load_adapter
 from pipeline.diffusion.loading import Components
 from pipeline.diffusion.schedule import FlowSchedule
 from pipeline.diffusion.stages import (
@@ -118,6 +121,7 @@ class _Ticket:
     keep: list[torch.Tensor] = field(default_factory=list)
     """Device tensors that must outlive the launch (freed after collect)."""
     marks: tuple[list[tuple[str, Any]] | None, ...] = ()
+    session_ids: list[str] = field(default_factory=list)
 
 
 def bucket_for(n: int, buckets: Sequence[int]) -> int:
@@ -165,6 +169,25 @@ class DiffusionBackend:
         text_buckets = [b for b in BATCH_BUCKETS if b <= max(self._buckets)]
         self.text_stage = TextStage(self.text, device, text_buckets, use_graphs=config.compile != "none")
         self.reference_encoder = ReferenceEncoder(c.vae, device, optimise=config.compile != "none")
+        self.adapter: AdapterStage | None = None
+        if config.lllite:
+            # Installed before the graph is compiled: the adapter is part of the one UNet graph.
+            loaded = load_adapter(Path(config.lllite), c.unet, config.lllite_blocks)
+            bank = AdapterBank(c.unet, loaded, max(self._buckets), latent=self.latent)
+            self.adapter = AdapterStage(
+                bank,
+                refresh=config.lllite_refresh,
+                cut_threshold=config.scene_cut_threshold,
+                strength=config.adapter_strength,
+                size=self.size,
+                device=device,
+            )
+            log.info(
+                "temporal adapter: %d sites (%s), %d checkpoint keys not used",
+                len(bank.sites),
+                config.lllite_blocks,
+                loaded.ignored_keys,
+            )
         self._eager_denoise = DenoiseDecode(c.unet, c.vae, schedule, self.size)
         self.denoise: Callable[..., torch.Tensor] = self._eager_denoise
         self._compile_mode = self._pick_compile_mode(config.compile)
@@ -222,15 +245,26 @@ class DiffusionBackend:
     def open_session(self, session_id: str, prompt: str) -> None:
         tokens = self.text.tokens(prompt, with_image=not self.text_only)
         self._sessions[session_id] = _Session(prompt, tokens, self._noise())
+        if self.adapter is not None:
+            self.adapter.open(session_id)
 
     def close_session(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
+        if self.adapter is not None:
+            self.adapter.close(session_id)
+
+    def set_adapter_strength(self, session_id: str, value: float) -> None:
+        if self.adapter is None:
+            raise AdapterUnavailable("this engine runs without a temporal adapter (start it with --lllite PATH)")
+        self.adapter.set_strength(session_id, value)
 
     def set_prompt(self, session_id: str, prompt: str) -> None:
         s = self._sessions[session_id]
         s.prompt = prompt
         s.tokens = self.text.tokens(prompt, with_image=not self.text_only)
         s.text_stale = True  # a new prompt refreshes the conditioning at the next step
+        if self.adapter is not None:
+            self.adapter.restart(session_id)
 
     # ---- steps ------------------------------------------------------------------------------
 
@@ -271,10 +305,17 @@ class DiffusionBackend:
         self._ring = (self._ring + 1) % RING
         sessions = [self._sessions[f.session_id] for f in frames]
         clock = self.clock
+        todo = []
+        if self.adapter is not None:
+            firsts = {f.session_id: f.image for f in reversed(frames)}  # first frame of each session
+            todo = self.adapter.plan(list(firsts.items()))
         with self._side_stream():
             side_marks = clock.new()
             pixels = self._upload(frames, slot, bucket)
             clock.mark(side_marks, "upload")
+            if self.adapter is not None:
+                self.adapter.embed(todo, self._main if self.overlap else None)
+                clock.mark(side_marks, "adapter_conditioning")
             reference = self.reference_encoder(pixels)
             clock.mark(side_marks, "vae_encode")
             per_row = self._conditioning(sessions, pixels)
@@ -292,9 +333,11 @@ class DiffusionBackend:
             self._main.wait_event(ready)
             for t in keep:
                 t.record_stream(self._main)
+        main_marks = clock.new()
+        if self.adapter is not None:
+            self.adapter.write([f.session_id for f in frames])  # main stream: ordered after the last read
         if self._compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        main_marks = clock.new()
         images = self.denoise(noise, reference, cond, cond_mask)
         clock.mark(main_marks, "unet_decode")
         out = self._outputs[slot]
@@ -306,14 +349,25 @@ class DiffusionBackend:
             done.record()
         for s in {id(x): x for x in sessions}.values():
             s.steps_since_text += 1
-        return _Ticket(rows=rows, out=out, done=done, keep=keep, marks=(side_marks, main_marks))
+        return _Ticket(
+            rows=rows,
+            out=out,
+            done=done,
+            keep=keep,
+            marks=(side_marks, main_marks),
+            session_ids=[f.session_id for f in frames],
+        )
 
     def collect(self, ticket: _Ticket) -> list[np.ndarray]:
         if ticket.done is not None:
             ticket.done.synchronize()
         self.clock.finish(*ticket.marks)
         # Copy out of the ring buffer: it is reused RING launches later.
-        return [ticket.out[i].numpy().copy() for i in range(ticket.rows)]
+        images = [ticket.out[i].numpy().copy() for i in range(ticket.rows)]
+        if self.adapter is not None:
+            for sid, image in zip(ticket.session_ids, images, strict=True):
+                self.adapter.record_output(sid, image)
+        return images
 
     def _conditioning(self, sessions: list[_Session], pixels: torch.Tensor) -> list[Conditioning]:
         """The text conditioning of every row, launching the text encoder where needed:
@@ -505,5 +559,7 @@ class DiffusionBackend:
                 self.text_stage.use_graphs = False
 
     def close(self) -> None:
+        if self.adapter is not None:
+            self.adapter.close_all()
         self._sessions.clear()
         self._prompt_cache.clear()
