@@ -12,6 +12,10 @@ Frames are real DAVIS-2017 clips. Scenarios:
                  side-stream overlap buys)
   interactive    one session fed at 30 fps in real time through the engine client
   sessions       N sessions at 30 fps each, batched across sessions
+  adapter        cached_prompt at B=8 with the temporal LLLite adapter on the 38 down-block
+                 sites / on all 108, conditioning refreshed every N = 1, 4, 8, 16 steps (a
+                 checkpoint with the published layout and random weights); "off" is the
+                 cached_prompt scenario
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from pipeline.stats import EngineStats
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("naive", "paper", "cached_prompt", "components", "serial", "interactive", "sessions")
+SCENARIOS = ("naive", "paper", "cached_prompt", "components", "serial", "interactive", "sessions", "adapter")
 TB = Fraction(1, 90_000)
 
 TARGETS = {
@@ -402,9 +406,69 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> t
             results["sessions"] = rows
         save()
 
-    report = _write(out_path, results, backend.device_info(), config, engine_config, warmup_s, t_start)
     core.close()
+    if "adapter" in config.scenarios:
+        results["adapter"] = run_adapter_costs(components, frames, config, engine_config, device, progress)
+        save()
+    report = _write(out_path, results, backend.device_info(), config, engine_config, warmup_s, t_start)
     return report, out_path
+
+
+def run_adapter_costs(
+    components: Any,
+    frames: list[np.ndarray],
+    config: BenchConfig,
+    engine_config: EngineConfig,
+    device: Any,
+    progress: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """cached_prompt B=8 per adapter variant (each its own compiled graph); compare with the
+    cached_prompt scenario of the same run for the adapter off."""
+    import tempfile
+
+    from pipeline.diffusion.backend import DiffusionBackend
+    from pipeline.diffusion.lllite import synthesize_checkpoint
+    from pipeline.engines import diffusion_spec
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / "lllite_v3_random.safetensors"
+        synthesize_checkpoint(components.unet, checkpoint)
+        for blocks in ("down_blocks", "all"):
+            diffusion = DiffusionConfig(
+                compile=config.compile,
+                text_mode="refresh",
+                text_refresh=16,
+                representative_frame=True,
+                buckets=(8,),
+                lllite=str(checkpoint),
+                lllite_blocks=blocks,
+            )
+            variant = EngineConfig(
+                kind="diffusion", model=config.model, max_batch=8, device=config.device, diffusion=diffusion
+            )
+            spec = diffusion_spec(variant, device, "benchmark")
+            backend = DiffusionBackend(components, info=spec.info, config=diffusion, device=device)
+            core = EngineCore(backend, EngineStats())
+            progress(f"adapter {blocks}: compiling B=8")
+            core.warmup(lambda msg: None)
+            assert backend.adapter is not None
+            for refresh in (1, 4, 8, 16):
+                backend.adapter.refresh = refresh
+                backend.adapter.counts.clear()
+                progress(f"adapter {blocks}, refresh every {refresh}: cached_prompt B=8, {config.frames} frames")
+                row = run_clip(core, frames, 8, config.frames, config.prompt)
+                rows.append(
+                    {
+                        "adapter": blocks,
+                        "sites": len(backend.adapter.bank.sites),
+                        "refresh": refresh,
+                        "refreshes_done": dict(backend.adapter.counts),
+                        **row,
+                    }
+                )
+            core.close()
+    return rows
 
 
 def _result_path(config: BenchConfig, device_info: dict[str, Any]) -> Path:

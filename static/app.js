@@ -3,7 +3,13 @@
 import { fillCameraPicker, openCamera, stopTracks } from "./js/camera.js";
 import { AppError, CONNECTION_FAILED_MESSAGE, INSECURE_MESSAGE } from "./js/errors.js";
 import { canMeasureFps, watchFps } from "./js/fps.js";
-import { parseMessage, pingMessage, PROTOCOL_VERSION, setPromptMessage } from "./js/protocol.js";
+import {
+  adapterStrengthMessage,
+  parseMessage,
+  pingMessage,
+  PROTOCOL_VERSION,
+  setPromptMessage,
+} from "./js/protocol.js";
 import { Session } from "./js/session.js";
 import * as ui from "./js/ui.js";
 
@@ -23,6 +29,7 @@ let sessionId = null;
 let lastStats = null;
 let lastApplied = null;
 let promptSeq = 0;
+let adapterSeq = 0;
 let latestSent = null; // {seq, sentAt} of the newest set_prompt
 let activePrompt = ""; // what the user last applied
 let offeredPrompt = ""; // what went out with /offer
@@ -144,6 +151,7 @@ function handleChannelOpen() {
   pingTimer = setInterval(() => session?.send(pingMessage(performance.now())), PING_INTERVAL_MS);
   // The user may have applied a new prompt while we were connecting.
   if (activePrompt !== offeredPrompt) sendPrompt(activePrompt);
+  if (!ui.el.adapterRow.hidden && Number(ui.el.adapterStrength.value) !== 1) sendAdapterStrength();
 }
 
 function handleMessage(data) {
@@ -213,10 +221,17 @@ async function switchCamera() {
   }
 }
 
+function sendAdapterStrength() {
+  const value = Number(ui.el.adapterStrength.value);
+  ui.el.adapterValue.textContent = value.toFixed(2);
+  if (session?.channelOpen) session.send(adapterStrengthMessage(value, ++adapterSeq));
+}
+
 function bindEvents() {
   ui.el.start.addEventListener("click", start);
   ui.el.stop.addEventListener("click", stop);
   ui.el.camera.addEventListener("change", switchCamera);
+  ui.el.adapterStrength.addEventListener("input", sendAdapterStrength);
   // A form gives Enter-to-apply for free, including the mobile keyboard's action key.
   ui.el.promptForm.addEventListener("submit", (e) => {
     e.preventDefault();

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from media import DAVIS_DIR, davis_clip
 from safetensors.torch import save_file
 
-from media import DAVIS_DIR, davis_clip
 from pipeline.config import DiffusionConfig
 from pipeline.diffusion.backend import DiffusionBackend
 from pipeline.diffusion.lllite import (
@@ -51,8 +51,14 @@ def unet_inputs(b: int = 2):
 
 def run_unet(unet, sample, t, cond, mask):
     with torch.no_grad():
-        return unet(sample, t, encoder_hidden_states=cond, encoder_attention_mask=mask,
-                    added_cond_kwargs={"time_ids": torch.tensor([[512.0, 512.0]])}, return_dict=False)[0]
+        return unet(
+            sample,
+            t,
+            encoder_hidden_states=cond,
+            encoder_attention_mask=mask,
+            added_cond_kwargs={"time_ids": torch.tensor([[512.0, 512.0]])},
+            return_dict=False,
+        )[0]
 
 
 def test_strides_and_full_size_key_layout():
@@ -186,8 +192,14 @@ def test_compiles_as_one_graph_and_replays_see_refreshed_buffers(tiny_checkpoint
     bank.write_rows(first, [1.0, 1.0])
 
     def forward(sample, t, cond, mask):
-        return fused(sample, t, encoder_hidden_states=cond, encoder_attention_mask=mask,
-                     added_cond_kwargs={"time_ids": torch.tensor([[512.0, 512.0]])}, return_dict=False)[0]
+        return fused(
+            sample,
+            t,
+            encoder_hidden_states=cond,
+            encoder_attention_mask=mask,
+            added_cond_kwargs={"time_ids": torch.tensor([[512.0, 512.0]])},
+            return_dict=False,
+        )[0]
 
     with torch.no_grad():
         explanation = torch._dynamo.explain(forward)(*inputs)

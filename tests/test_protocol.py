@@ -8,6 +8,7 @@ from signaling.protocol import (
     PingMsg,
     PromptAppliedMsg,
     ProtocolError,
+    SetAdapterStrengthMsg,
     SetPromptMsg,
     StatsMsg,
     encode_server_message,
@@ -24,6 +25,7 @@ def parse(obj, max_chars=100):
 def test_set_prompt_and_ping_parse():
     assert parse({"v": 1, "type": "set_prompt", "prompt": "  watercolor ", "seq": 3}) == SetPromptMsg("watercolor", 3)
     assert parse({"v": 1, "type": "ping", "t": 12.5}) == PingMsg(12.5)
+    assert parse({"v": 1, "type": "set_adapter_strength", "value": 1.25, "seq": 2}) == SetAdapterStrengthMsg(1.25, 2)
     assert parse(b'{"v":1,"type":"ping","t":1}') == PingMsg(1.0)
 
 
@@ -43,6 +45,9 @@ def test_set_prompt_and_ping_parse():
         ('{"v": 1, "type": "set_prompt", "prompt": "x"}', "bad_message"),
         ('{"v": 1, "type": "ping", "t": "soon"}', "bad_message"),
         ('{"v": 1, "type": "ping", "t": NaN}', "bad_message"),
+        ('{"v": 1, "type": "set_adapter_strength", "value": 1.6, "seq": 1}', "bad_value"),
+        ('{"v": 1, "type": "set_adapter_strength", "value": -0.1, "seq": 1}', "bad_value"),
+        ('{"v": 1, "type": "set_adapter_strength", "value": "max", "seq": 1}', "bad_message"),
         (b"\xff\xfe", "bad_json"),
         ("[" * 100_000, "message_too_large"),
     ],

@@ -139,6 +139,12 @@ async def test_bad_control_messages_get_errors_and_the_session_survives(server, 
         client.send(type="set_prompt", prompt="x" * 501, seq=9)
         err = await client.wait_message(lambda m: m["type"] == "error" and m["code"] == "prompt_too_long")
         assert err["seq"] == 9
+        client.send(type="set_adapter_strength", value=0.5, seq=10)
+        err = await client.wait_message(lambda m: m["type"] == "error" and m["code"] == "adapter_unavailable")
+        assert err["seq"] == 10 and "--lllite" in err["message"]
+        client.send(type="set_adapter_strength", value=9, seq=11)
+        err = await client.wait_message(lambda m: m["type"] == "error" and m["code"] == "bad_value")
+        assert err["seq"] == 11
         client.send(type="ping", t=123.5)
         pong = await client.wait_message(lambda m: m["type"] == "pong")
         assert pong["t"] == 123.5

@@ -12,6 +12,7 @@ stream, right before the compiled graph reads them.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ class AdapterStage:
         self.device = device
         self.workers = WarpWorkers()
         self.sessions: dict[str, AdapterSession] = {}
+        self.counts: Counter[str] = Counter()
+        """Refreshes by reason, all sessions (benchmarks)."""
 
     def open(self, session_id: str) -> None:
         self.sessions[session_id] = AdapterSession(self.strength, SceneCutDetector(self.cut_threshold))
@@ -82,7 +85,9 @@ class AdapterStage:
                     s.job.cancel()
                     s.job = None
                 todo.append((s, square))
-                s.refreshes.append("cut" if cut and s.embedding is not None and not s.restart else "start")
+                reason = "cut" if cut and s.embedding is not None and not s.restart else "start"
+                s.refreshes.append(reason)
+                self.counts[reason] += 1
                 s.restart = False
                 s.steps = 0
             elif s.job is not None and s.job.done():
@@ -90,6 +95,7 @@ class AdapterStage:
                 if not job.cancelled() and job.exception() is None:
                     todo.append((s, job.result()))
                     s.refreshes.append("periodic")
+                    self.counts["periodic"] += 1
             elif s.job is None and s.steps >= self.refresh and s.prev_output is not None and s.prev_input is not None:
                 s.job = self.workers.submit(s.prev_output, s.prev_input, square)
                 s.steps = 0

@@ -151,6 +151,7 @@ class DiffusionBackend:
             sorted(config.buckets) if config.buckets else (b for b in BATCH_BUCKETS if b <= info.max_batch)
         )
         c = components
+        self._unet = c.unet
         self.vae = c.vae
         self.dtype = c.unet.dtype
         self.latent = self.size // (2 ** (len(c.vae.config.encoder_block_out_channels) - 1))
@@ -561,5 +562,6 @@ class DiffusionBackend:
     def close(self) -> None:
         if self.adapter is not None:
             self.adapter.close_all()
+            self.adapter.bank.remove(self._unet)  # the UNet is shared with whoever built it
         self._sessions.clear()
         self._prompt_cache.clear()

@@ -7,6 +7,9 @@ export const CHANNEL_LABEL = "control";
 export const setPromptMessage = (prompt, seq) =>
   JSON.stringify({ v: PROTOCOL_VERSION, type: "set_prompt", prompt, seq });
 
+export const adapterStrengthMessage = (value, seq) =>
+  JSON.stringify({ v: PROTOCOL_VERSION, type: "set_adapter_strength", value, seq });
+
 export const pingMessage = (t) => JSON.stringify({ v: PROTOCOL_VERSION, type: "ping", t });
 
 /** Returns the parsed server message, or null for anything this client can't understand. */

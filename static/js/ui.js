@@ -12,6 +12,9 @@ export const el = {
   prompt: byId("prompt"),
   promptStatus: byId("prompt-status"),
   presets: document.querySelectorAll(".preset"),
+  adapterRow: byId("adapter-row"),
+  adapterStrength: byId("adapter-strength"),
+  adapterValue: byId("adapter-value"),
   message: byId("message"),
 };
 
@@ -47,6 +50,8 @@ export function showEngine(engine) {
   reason.textContent = engine.reason ?? "";
   reason.hidden = !(engine.reason && (engine.kind === "preview" || engine.state === "failed"));
   byId("engine-badge").dataset.kind = engine.kind ?? "";
+  // The steadiness slider only means something when a temporal adapter is loaded.
+  byId("adapter-row").hidden = !engine.adapter;
 }
 
 /** Toggles Start/Stop and keeps keyboard focus on whichever is usable. */
