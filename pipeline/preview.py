@@ -216,7 +216,9 @@ class PreviewBackend:
         return ticket
 
     def set_adapter_strength(self, session_id: str, value: float) -> None:
-        raise AdapterUnavailable("the preview engine has no temporal adapter (it needs the diffusion engine and --lllite)")
+        raise AdapterUnavailable(
+            "the preview engine has no temporal adapter (it needs the diffusion engine and --lllite)"
+        )
 
     def close(self) -> None:
         self._styles.clear()
