@@ -16,6 +16,9 @@ Frames are real DAVIS-2017 clips. Scenarios:
                  sites / on all 108, conditioning refreshed every N = 1, 4, 8, 16 steps (a
                  checkpoint with the published layout and random weights); "off" is the
                  cached_prompt scenario
+  webrtc         a real server process and N aiortc client processes sending a DAVIS clip
+                 at 30 fps over loopback, VP8 and H264: delivered fps, latency by pts, and
+                 the server's CPU use (bench/webrtc_load.py)
 """
 
 from __future__ import annotations
@@ -45,7 +48,17 @@ from pipeline.stats import EngineStats
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("naive", "paper", "cached_prompt", "components", "serial", "interactive", "sessions", "adapter")
+SCENARIOS = (
+    "naive",
+    "paper",
+    "cached_prompt",
+    "components",
+    "serial",
+    "interactive",
+    "sessions",
+    "adapter",
+    "webrtc",
+)
 TB = Fraction(1, 90_000)
 
 TARGETS = {
@@ -97,6 +110,14 @@ class BenchConfig:
     """Batch buckets compiled at warm-up (None = all up to the largest needed)."""
     tag: str = ""
     """Extra text for the result file name."""
+    webrtc_clients: tuple[int, ...] = (1, 2, 4, 8)
+    """Client counts of the webrtc scenario."""
+    webrtc_codecs: tuple[str, ...] = ("VP8", "H264")
+    """Codecs the webrtc clients prefer, one run each."""
+    webrtc_seconds: float = 8.0
+    """Measured seconds per webrtc run."""
+    webrtc_engine: str = "diffusion"
+    """Engine of the webrtc server: 'diffusion' (this run's model) or 'preview'."""
 
 
 @dataclass
@@ -410,6 +431,37 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> t
     core.close()
     if "adapter" in config.scenarios:
         results["adapter"] = run_adapter_costs(components, frames, config, engine_config, device, progress)
+        save()
+    if "webrtc" in config.scenarios:
+        from bench.webrtc_load import run_webrtc
+
+        if config.webrtc_engine == "diffusion":
+            serve = [
+                "--engine",
+                "diffusion",
+                "--model",
+                config.model,
+                "--device",
+                config.device,
+                "--max-batch",
+                "8",
+                "--buckets",
+                "8",
+                "--compile",
+                config.compile,
+            ]
+        else:
+            serve = ["--engine", "preview"]
+        clip = config.davis_dir / f"{config.clips[0]}.mp4"
+        results["webrtc"] = run_webrtc(
+            serve,
+            clip,
+            config.webrtc_clients,
+            config.webrtc_codecs,
+            config.webrtc_seconds,
+            config.out_dir / "webrtc-server.log",
+            progress,
+        )
         save()
     report = _write(out_path, results, backend.device_info(), config, engine_config, warmup_s, t_start)
     return report, out_path

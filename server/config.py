@@ -280,8 +280,15 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
         default=(1, 8, 16),
         help="batch buckets to compile (default 1,8,16: ~80 s each, so the run fits 10 minutes; other sizes pad up)",
     )
+    p.add_argument("--webrtc-clients", type=_int_list, default=(1, 2, 4, 8), help="client counts, webrtc scenario")
+    p.add_argument("--webrtc-codecs", default="VP8,H264", help="codecs of the webrtc scenario")
+    p.add_argument("--webrtc-seconds", type=float, default=8.0)
+    p.add_argument("--webrtc-engine", choices=("diffusion", "preview"), default="diffusion")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     args = p.parse_args(list(argv))
+    codecs = tuple(c.strip().upper() for c in args.webrtc_codecs.split(",") if c.strip())
+    if not codecs or any(c not in ("VP8", "H264") for c in codecs):
+        raise ConfigError(f"webrtc codecs {args.webrtc_codecs!r} are not allowed; use VP8 and/or H264")
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
@@ -305,6 +312,10 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
         compile=args.compile,
         tag=args.tag,
         buckets=args.buckets,
+        webrtc_clients=args.webrtc_clients,
+        webrtc_codecs=codecs,
+        webrtc_seconds=args.webrtc_seconds,
+        webrtc_engine=args.webrtc_engine,
     )
     object.__setattr__(config, "log_level", args.log_level)
     return config

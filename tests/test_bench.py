@@ -69,3 +69,35 @@ def test_bench_runs_every_scenario_on_the_tiny_model(tmp_path):
 def test_bench_rejects_unknown_scenarios(capsys):
     assert main(["bench", "--scenarios", "paper,warp-drive"]) == 2
     assert "warp-drive" in capsys.readouterr().err
+
+
+def test_bench_webrtc_scenario_drives_a_real_server(tmp_path):
+    code = main(
+        [
+            "bench",
+            "--model",
+            "tiny",
+            "--davis-dir",
+            str(DAVIS_DIR),
+            "--out-dir",
+            str(tmp_path),
+            "--scenarios",
+            "webrtc",
+            "--buckets",
+            "1",
+            "--webrtc-engine",
+            "preview",
+            "--webrtc-clients",
+            "1",
+            "--webrtc-codecs",
+            "VP8,H264",
+            "--webrtc-seconds",
+            "2",
+        ]
+    )
+    assert code == 0
+    (path,) = tmp_path.glob("*.json")
+    rows = json.loads(path.read_text())["scenarios"]["webrtc"]
+    assert [(r["codec"], r["clients"], r["completed"]) for r in rows] == [("VP8", 1, 1), ("H264", 1, 1)]
+    assert all(r["delivered_fps_mean"] > 5 and r["server_cpu_cores"] > 0 for r in rows)
+    assert all(r["p50_ms"] is not None and r["p50_ms"] > 0 for r in rows)
