@@ -301,10 +301,8 @@ def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> tuple[dict[str, Any], Path]:
-    from pipeline.diffusion.backend import DiffusionBackend
-    from pipeline.diffusion.loading import load_components
-    from pipeline.diffusion.naive import measure_naive
-    from pipeline.engines import _device, diffusion_spec
+    from pipeline.diffusion.backend import describe_device
+    from pipeline.engines import _device
 
     t_start = time.monotonic()
     engine_config = EngineConfig(
@@ -320,13 +318,70 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> t
     device, why_not = _device(engine_config)
     if device is None:
         raise RuntimeError(f"cannot run the diffusion engine: {why_not}")
+    device_info = describe_device(device)
+    out_path = _result_path(config, device_info)
+    results: dict[str, Any] = {}
+    timing = {"warmup_s": 0.0}
+
+    def save() -> dict[str, Any]:  # after every scenario: a run cut short still leaves its numbers
+        return _write(out_path, results, device_info, config, engine_config, timing["warmup_s"], t_start)
+
+    if any(s != "webrtc" for s in config.scenarios):
+        device_info.update(_run_in_process(config, engine_config, device, results, timing, save, progress))
+    if "webrtc" in config.scenarios:
+        from bench.webrtc_load import run_webrtc
+
+        if config.webrtc_engine == "diffusion":
+            serve = [
+                "--engine",
+                "diffusion",
+                "--model",
+                config.model,
+                "--device",
+                config.device,
+                "--max-batch",
+                "8",
+                "--buckets",
+                "8",
+                "--compile",
+                config.compile,
+            ]
+        else:
+            serve = ["--engine", "preview"]
+        clip = config.davis_dir / f"{config.clips[0]}.mp4"
+        results["webrtc"] = run_webrtc(
+            serve,
+            clip,
+            config.webrtc_clients,
+            config.webrtc_codecs,
+            config.webrtc_seconds,
+            config.out_dir / "webrtc-server.log",
+            progress,
+        )
+    return save(), out_path
+
+
+def _run_in_process(
+    config: BenchConfig,
+    engine_config: EngineConfig,
+    device: Any,
+    results: dict[str, Any],
+    timing: dict[str, float],
+    save: Callable[[], Any],
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Every scenario that runs the engine in this process; returns engine details."""
     import torch
+
+    from pipeline.diffusion.backend import DiffusionBackend
+    from pipeline.diffusion.loading import load_components
+    from pipeline.diffusion.naive import measure_naive
+    from pipeline.engines import diffusion_spec
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     frames = load_frames(config.davis_dir, config.clips, config.size)
     progress(f"loading {config.model} on {device} ({len(frames)} camera frames)")
     components = load_components(config.model, engine_config.diffusion.revision, device, dtype)
-    results: dict[str, Any] = {}
 
     if "naive" in config.scenarios:  # before the engine swaps in its sync-free text-encoder paths
         progress(f"naive pipeline: {config.naive_frames} frames")
@@ -337,20 +392,14 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> t
     core = EngineCore(backend, EngineStats())
     t_warm = time.monotonic()
     core.warmup(lambda msg: progress(f"warm-up: {msg}"))
-    warmup_s = time.monotonic() - t_warm
-    progress(f"warm-up took {warmup_s:.0f} s")
+    timing["warmup_s"] = time.monotonic() - t_warm
+    progress(f"warm-up took {timing['warmup_s']:.0f} s")
     check_sid = "check"
     core.execute(AddSession(check_sid, config.prompt))
     check_frames = [FrameIn(check_sid, frames[i * 5], i, TB, time.monotonic()) for i in range(4)]
     results["compiled_vs_eager"] = backend.compiled_vs_eager(check_frames)
     core.execute(RemoveSession(check_sid))
     progress(f"compiled vs eager (uint8): {results['compiled_vs_eager']}")
-
-    out_path = _result_path(config, backend.device_info())
-
-    def save() -> None:  # after every scenario: a run cut short still leaves its numbers
-        _write(out_path, results, backend.device_info(), config, engine_config, warmup_s, t_start)
-
     if "paper" in config.scenarios or "components" in config.scenarios:
         backend.reconfigure_text(text_mode="every", representative_frame=False)
         results["paper"] = []
@@ -428,43 +477,12 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> t
             results["sessions"] = rows
         save()
 
+    engine = {"dtype": str(dtype).removeprefix("torch."), "compile": backend.device_info()["compile"]}
     core.close()
     if "adapter" in config.scenarios:
         results["adapter"] = run_adapter_costs(components, frames, config, engine_config, device, progress)
         save()
-    if "webrtc" in config.scenarios:
-        from bench.webrtc_load import run_webrtc
-
-        if config.webrtc_engine == "diffusion":
-            serve = [
-                "--engine",
-                "diffusion",
-                "--model",
-                config.model,
-                "--device",
-                config.device,
-                "--max-batch",
-                "8",
-                "--buckets",
-                "8",
-                "--compile",
-                config.compile,
-            ]
-        else:
-            serve = ["--engine", "preview"]
-        clip = config.davis_dir / f"{config.clips[0]}.mp4"
-        results["webrtc"] = run_webrtc(
-            serve,
-            clip,
-            config.webrtc_clients,
-            config.webrtc_codecs,
-            config.webrtc_seconds,
-            config.out_dir / "webrtc-server.log",
-            progress,
-        )
-        save()
-    report = _write(out_path, results, backend.device_info(), config, engine_config, warmup_s, t_start)
-    return report, out_path
+    return engine
 
 
 def run_adapter_costs(

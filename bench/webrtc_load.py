@@ -73,6 +73,11 @@ async def _client(url: str, clip: Path, codec: str, seconds: float) -> dict[str,
     }
 
 
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 1) if present else None
+
+
 def run_webrtc(
     serve_args: Sequence[str],
     clip: Path,

@@ -444,41 +444,11 @@ class DiffusionBackend:
             s.text_stale = True
 
     def device_info(self) -> dict[str, Any]:
-        import diffusers
-        import transformers
-
-        info: dict[str, Any] = {
-            "device": str(self.device),
+        return {
+            **describe_device(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__,
             "compile": self._compile_mode,
         }
-        if self.cuda:
-            props = torch.cuda.get_device_properties(self.device)
-            info.update(
-                gpu=props.name,
-                gpu_memory_gb=round(props.total_memory / 2**30, 1),
-                cuda=torch.version.cuda,
-                sm_count=props.multi_processor_count,
-            )
-            try:
-                import subprocess
-
-                driver = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                    capture_output=True,
-                    text=True,
-                    timeout=10,
-                    check=False,
-                ).stdout.strip()
-                info["driver"] = driver.splitlines()[0] if driver else None
-            except (OSError, subprocess.SubprocessError):
-                info["driver"] = None
-        else:
-            info["gpu"] = None
-        return info
 
     @torch.inference_mode()
     def compiled_vs_eager(self, frames: Sequence[FrameIn]) -> dict[str, float] | None:
@@ -565,3 +535,39 @@ class DiffusionBackend:
             self.adapter.bank.remove(self._unet)  # the UNet is shared with whoever built it
         self._sessions.clear()
         self._prompt_cache.clear()
+
+
+def describe_device(device: torch.device) -> dict[str, Any]:
+    """GPU, driver and library versions, for benchmark results."""
+    import subprocess
+
+    import diffusers
+    import transformers
+
+    info: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "gpu": None,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            gpu=props.name,
+            gpu_memory_gb=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            sm_count=props.multi_processor_count,
+        )
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+            info["driver"] = out.splitlines()[0] if out else None
+        except (OSError, subprocess.SubprocessError):
+            info["driver"] = None
+    return info
