@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.client import EngineClient, EngineSpec
 from pipeline.engines import resolve_engine
+from server.access import AccessPolicy, RateLimiter
 from server.config import ServerConfig
 from server.errors import MAX_BODY, BadRequest, error_middleware
+from server.keys import ACCESS, CONFIG, ENGINE, ENGINE_SPEC, LIMITER, METRICS, REGISTRY
 from server.metrics import build_registry
+from server.sharing import add_routes as add_sharing_routes
 from signaling.protocol import PROTOCOL_VERSION
 from signaling.registry import SessionRegistry
 from signaling.session import SessionSettings, engine_json
@@ -23,12 +26,6 @@ from signaling.session import SessionSettings, engine_json
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-
-CONFIG = web.AppKey("config", ServerConfig)
-ENGINE_SPEC = web.AppKey("engine_spec", EngineSpec)
-ENGINE = web.AppKey("engine", EngineClient)
-REGISTRY = web.AppKey("registry", SessionRegistry)
-METRICS = web.AppKey("metrics", CollectorRegistry)
 
 
 def create_app(config: ServerConfig, engine_spec: EngineSpec | None = None) -> web.Application:
@@ -38,12 +35,15 @@ def create_app(config: ServerConfig, engine_spec: EngineSpec | None = None) -> w
     app[CONFIG] = config
     app[MAX_BODY] = config.max_body_bytes
     app[ENGINE_SPEC] = engine_spec if engine_spec is not None else resolve_engine(config.engine)
+    app[ACCESS] = AccessPolicy(config.auth_tokens)
+    app[LIMITER] = RateLimiter(config.offer_rate_per_min, config.offer_burst)
     app.cleanup_ctx.append(_engine_and_sessions)
     app.router.add_get("/", index)
     app.router.add_post("/offer", offer)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/config", client_config)
+    add_sharing_routes(app)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
     return app
 
@@ -57,6 +57,8 @@ async def _engine_and_sessions(app: web.Application) -> AsyncIterator[None]:
         max_sessions=config.max_sessions,
         settings=SessionSettings(idle_timeout_s=config.idle_timeout_s, max_short_side=config.engine.size),
         ice_servers=config.ice_servers,
+        max_viewers=config.max_viewers,
+        watch_ttl_s=config.watch_ttl_s,
     )
     app[ENGINE] = engine
     app[REGISTRY] = registry
@@ -72,6 +74,8 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def offer(request: web.Request) -> web.Response:
+    request.app[ACCESS].require(request)
+    request.app[LIMITER].hit(request.remote or "unknown")
     body = await request.read()  # aiohttp enforces client_max_size -> 413
     try:
         data = json.loads(body)
@@ -122,5 +126,6 @@ async def client_config(request: web.Request) -> web.Response:
             "max_prompt_chars": engine.info.max_prompt_chars,
             "default_prompt": config.default_prompt,
             "protocol_version": PROTOCOL_VERSION,
+            "auth_required": request.app[ACCESS].enabled,
         }
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.config import ConfigError
+from server import tls
 from server.config import ServerConfig, StylizeConfig, load_bench_config, load_config, load_stylize_config
 
 log = logging.getLogger("livestyle")
@@ -49,8 +49,14 @@ def serve(config: ServerConfig) -> None:
 
     ssl_context = None
     if config.tls_cert is not None and config.tls_key is not None:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
+        ssl_context = tls.ssl_context(config.tls_cert, config.tls_key)
+    elif config.tls_self_signed:
+        hosts = tls.default_hosts()
+        if config.host not in ("0.0.0.0", "::", *hosts):
+            hosts.append(config.host)
+        cert, key = tls.self_signed_certificate(config.tls_dir.expanduser(), hosts)
+        log.info("HTTPS with the self-signed certificate %s (browsers will ask to accept it once)", cert)
+        ssl_context = tls.ssl_context(cert, key)
     app = create_app(config)
     scheme = "https" if ssl_context else "http"
     shown = "localhost" if config.host in ("0.0.0.0", "::") else config.host

@@ -24,6 +24,8 @@ from pipeline.config import (
     DiffusionConfig,
     EngineConfig,
 )
+from server.access import read_tokens_file
+from server.turn import TurnConfig
 from signaling.ice import IceServer
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -54,6 +56,23 @@ class ServerConfig:
     """Prompt a new session starts with when the offer names none."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     """The stylization engine's settings."""
+    tls_self_signed: bool = False
+    """Generate (or reuse) a self-signed certificate at start, so phones on the LAN can use
+    their camera over HTTPS (they must accept the certificate warning once)."""
+    tls_dir: Path = Path("~/.cache/livestyle/tls")
+    """Where the self-signed certificate is kept between starts."""
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
+    """Bearer tokens that may start sessions (/offer, /whip); none = open server. Never logged."""
+    offer_rate_per_min: float = 30.0
+    """Offers (/offer, /whip, /whep) a client address may make per minute (0 = unlimited)."""
+    offer_burst: int = 10
+    """Offers a client address may make at once before the rate applies."""
+    max_viewers: int = 10
+    """Viewers per shared stream."""
+    watch_ttl_s: float = 12 * 3600
+    """Lifetime of a watch link (it also ends when the broadcaster leaves or revokes it)."""
+    turn: TurnConfig | None = None
+    """TURN server with a shared secret: pages get short-lived credentials for it."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -73,6 +92,19 @@ class ServerConfig:
             raise ConfigError(f"max_body_bytes {self.max_body_bytes} is not allowed; use 1 KiB..16 MiB")
         if len(self.default_prompt) > self.engine.max_prompt_chars:
             raise ConfigError("default_prompt is longer than max_prompt_chars")
+        if self.tls_self_signed and self.tls_cert is not None:
+            raise ConfigError("use either tls_cert/tls_key or tls_self_signed, not both")
+        if any(len(t) < 16 for t in self.auth_tokens):
+            raise ConfigError("auth tokens must have at least 16 characters (use a random string)")
+        if not 0 <= self.offer_rate_per_min <= 100_000 or not 1 <= self.offer_burst <= 10_000:
+            raise ConfigError(
+                f"offer rate {self.offer_rate_per_min}/min with burst {self.offer_burst} is not allowed; "
+                "use 0..100000 per minute and a burst of 1..10000"
+            )
+        if not 0 <= self.max_viewers <= 1000:
+            raise ConfigError(f"max_viewers {self.max_viewers} is not allowed; use 0..1000")
+        if not 60 <= self.watch_ttl_s <= 30 * 86400:
+            raise ConfigError(f"watch_ttl_s {self.watch_ttl_s} is not allowed; use 60 s .. 30 days")
 
 
 def parse_ice_server(text: str) -> IceServer:
@@ -98,6 +130,14 @@ def parse_ice_server(text: str) -> IceServer:
         if urlparse(url).scheme not in ("stun", "stuns", "turn", "turns"):
             raise ConfigError(f"ICE server URL {url!r} must start with stun:, stuns:, turn: or turns:")
     return server
+
+
+def _flag(text: str) -> bool:
+    if text.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{text!r} is not a yes/no value; use 1 or 0")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -144,6 +184,22 @@ def _build_parser() -> argparse.ArgumentParser:
         "(LIVESTYLE_ICE_SERVERS: comma-separated)",
     )
     p.add_argument("--log-level", choices=LOG_LEVELS, help="LIVESTYLE_LOG_LEVEL, default info")
+    g = p.add_argument_group("remote use")
+    g.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        default=None,
+        help="HTTPS with a generated self-signed certificate (LIVESTYLE_TLS_SELF_SIGNED=1)",
+    )
+    g.add_argument("--tls-dir", type=Path, help="where the self-signed certificate is kept (LIVESTYLE_TLS_DIR)")
+    g.add_argument("--auth-token", help="bearer token required for /offer and /whip (LIVESTYLE_AUTH_TOKEN)")
+    g.add_argument("--tokens-file", type=Path, help="file with one allowed token per line (LIVESTYLE_TOKENS_FILE)")
+    g.add_argument("--offer-rate", type=float, help="offers per minute per client address (default 30)")
+    g.add_argument("--max-viewers", type=int, help="viewers per shared stream (default 10)")
+    g.add_argument("--watch-ttl", type=float, help="watch link lifetime in seconds (default 43200)")
+    g.add_argument("--turn-url", action="append", help="TURN URL for short-lived credentials, repeatable")
+    g.add_argument("--turn-secret", help="the TURN server's static-auth-secret (LIVESTYLE_TURN_SECRET)")
+    g.add_argument("--turn-ttl", type=int, help="seconds a TURN credential stays valid (default 3600)")
     add_engine_arguments(p)
     return p
 
@@ -157,6 +213,11 @@ _SERVER_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "tls_cert": ("LIVESTYLE_TLS_CERT", Path, "tls_cert"),
     "tls_key": ("LIVESTYLE_TLS_KEY", Path, "tls_key"),
     "log_level": ("LIVESTYLE_LOG_LEVEL", str, "log_level"),
+    "tls_self_signed": ("LIVESTYLE_TLS_SELF_SIGNED", _flag, "tls_self_signed"),
+    "tls_dir": ("LIVESTYLE_TLS_DIR", Path, "tls_dir"),
+    "offer_rate": ("LIVESTYLE_OFFER_RATE", float, "offer_rate_per_min"),
+    "max_viewers": ("LIVESTYLE_MAX_VIEWERS", int, "max_viewers"),
+    "watch_ttl": ("LIVESTYLE_WATCH_TTL", float, "watch_ttl_s"),
 }
 _ENGINE_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "engine": ("LIVESTYLE_ENGINE", str, "kind"),
@@ -212,6 +273,23 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -
         ice_texts = [t for t in env["LIVESTYLE_ICE_SERVERS"].split(",") if t.strip()]
     if ice_texts is not None:
         values["ice_servers"] = tuple(parse_ice_server(t) for t in ice_texts)
+    tokens: list[str] = []
+    token = args.auth_token or env.get("LIVESTYLE_AUTH_TOKEN")
+    if token:
+        tokens.append(token.strip())
+    tokens_file = args.tokens_file or (Path(env["LIVESTYLE_TOKENS_FILE"]) if env.get("LIVESTYLE_TOKENS_FILE") else None)
+    if tokens_file is not None:
+        tokens += read_tokens_file(tokens_file)
+    if tokens:
+        values["auth_tokens"] = tuple(tokens)
+    turn_urls = args.turn_url or [u for u in env.get("LIVESTYLE_TURN_URLS", "").split(",") if u.strip()]
+    turn_secret = args.turn_secret or env.get("LIVESTYLE_TURN_SECRET")
+    if turn_urls or turn_secret:
+        if not (turn_urls and turn_secret):
+            raise ConfigError("TURN needs both --turn-url and --turn-secret (or LIVESTYLE_TURN_URLS/_SECRET)")
+        values["turn"] = TurnConfig(
+            urls=tuple(u.strip() for u in turn_urls), secret=turn_secret, ttl_s=args.turn_ttl or 3600
+        )
     return ServerConfig(engine=engine_config(args, env), **values)  # type: ignore[arg-type]
 
 

@@ -9,7 +9,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from pipeline.client import EngineUnavailable
+from server.access import RateLimited, Unauthorized
 from signaling.registry import BadOffer, SessionLimitReached
+from signaling.viewers import ViewersFull, WatchNotFound
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 _HTTP_CODES = {
     400: "bad_request",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "body_too_large",
@@ -46,6 +49,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(400, exc.code, exc.message)
     except BadOffer as exc:
         return error_response(400, "bad_offer", str(exc))
+    except Unauthorized:
+        return error_response(
+            401, "unauthorized", "a valid access token is required", {"WWW-Authenticate": 'Bearer realm="livestyle"'}
+        )
+    except RateLimited as exc:
+        retry = str(max(1, round(exc.retry_after_s)))
+        return error_response(429, "rate_limited", "too many requests; slow down", {"Retry-After": retry})
+    except WatchNotFound as exc:
+        return error_response(404, "not_found", str(exc))
+    except ViewersFull as exc:
+        return error_response(503, "viewers_full", str(exc), {"Retry-After": "30"})
     except SessionLimitReached as exc:
         return error_response(503, "server_full", str(exc), {"Retry-After": "30"})
     except EngineUnavailable as exc:

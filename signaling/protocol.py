@@ -1,8 +1,10 @@
 """The `control` data-channel protocol: typed JSON messages with a version field.
 
-client -> server: set_prompt {prompt, seq}, set_adapter_strength {value, seq}, ping {t}
+client -> server: set_prompt {prompt, seq}, set_adapter_strength {value, seq}, ping {t},
+                  create_watch {}, revoke_watch {}
 server -> client: hello {session_id, engine}, pong {t}, prompt_applied {seq, latency_ms},
-                  stats {fps_in, fps_out, dropped, latency_ms}, error {code, message, seq?}
+                  stats {fps_in, fps_out, dropped, latency_ms}, error {code, message, seq?},
+                  watch {token, path, expires_in_s} (token null after a revoke), viewers {count}
 
 Parsing never raises anything but ProtocolError, whose code and message go back to
 the client as an `error` message; the session carries on.
@@ -48,7 +50,17 @@ class PingMsg:
     t: float
 
 
-ClientMessage = SetPromptMsg | SetAdapterStrengthMsg | PingMsg
+@dataclass(frozen=True)
+class CreateWatchMsg:
+    """Make (or replace) this stream's watch link."""
+
+
+@dataclass(frozen=True)
+class RevokeWatchMsg:
+    """Kill this stream's watch link and disconnect its viewers."""
+
+
+ClientMessage = SetPromptMsg | SetAdapterStrengthMsg | PingMsg | CreateWatchMsg | RevokeWatchMsg
 MAX_ADAPTER_STRENGTH = 1.5
 
 
@@ -98,8 +110,13 @@ def parse_client_message(raw: str | bytes, max_prompt_chars: int) -> ClientMessa
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
             raise ProtocolError("bad_message", "ping needs a finite number 't'")
         return PingMsg(t=float(t))
+    if kind == "create_watch":
+        return CreateWatchMsg()
+    if kind == "revoke_watch":
+        return RevokeWatchMsg()
     raise ProtocolError(
-        "unknown_type", f"unknown message type {kind!r}; expected set_prompt, set_adapter_strength or ping"
+        "unknown_type",
+        f"unknown message type {kind!r}; expected set_prompt, set_adapter_strength, ping, create_watch or revoke_watch",
     )
 
 
@@ -150,9 +167,24 @@ class ErrorMsg:
     type: str = "error"
 
 
-ServerMessage = HelloMsg | PongMsg | PromptAppliedMsg | StatsMsg | ErrorMsg
+@dataclass(frozen=True)
+class WatchMsg:
+    token: str | None
+    path: str | None
+    expires_in_s: int | None
+    type: str = "watch"
+
+
+@dataclass(frozen=True)
+class ViewersMsg:
+    count: int
+    type: str = "viewers"
+
+
+ServerMessage = HelloMsg | PongMsg | PromptAppliedMsg | StatsMsg | ErrorMsg | WatchMsg | ViewersMsg
 
 
 def encode_server_message(msg: ServerMessage) -> str:
-    body = {k: v for k, v in asdict(msg).items() if v is not None or k == "latency_ms"}
+    keep_null = {"latency_ms", "token", "path", "expires_in_s"}
+    body = {k: v for k, v in asdict(msg).items() if v is not None or k in keep_null}
     return json.dumps({"v": PROTOCOL_VERSION, **body}, separators=(",", ":"))

@@ -11,7 +11,8 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from pipeline.client import EngineClient, EngineUnavailable
 from signaling.ice import IceServer
-from signaling.session import Session, SessionSettings, SignalingStats
+from signaling.session import BadSdp, Session, SessionKind, SessionSettings, SignalingStats
+from signaling.viewers import Viewer, WatchLink, WatchNotFound
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,8 @@ class SessionLimitReached(Exception):
         self.limit = limit
 
 
-class BadOffer(ValueError):
-    """The offer cannot be used; the message says why, for the client."""
+# One name for "this SDP offer cannot be used" across the registry and viewers.
+BadOffer = BadSdp
 
 
 class SessionRegistry:
@@ -35,13 +36,18 @@ class SessionRegistry:
         settings: SessionSettings,
         ice_servers: tuple[IceServer, ...] = (),
         stats: SignalingStats | None = None,
+        max_viewers: int = 10,
+        watch_ttl_s: float = 12 * 3600,
     ) -> None:
         self.engine = engine
         self.max_sessions = max_sessions
         self.settings = settings
         self.ice_servers = ice_servers
         self.stats = stats or SignalingStats()
+        self.max_viewers = max_viewers
+        self.watch_ttl_s = watch_ttl_s
         self._sessions: dict[str, Session] = {}
+        self._watch: dict[str, WatchLink] = {}
         self._pending = 0  # offers being negotiated: they hold a place too
         self._closed = False
 
@@ -51,9 +57,12 @@ class SessionRegistry:
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
-    async def create(self, sdp: str, sdp_type: str, prompt: str) -> tuple[Session, RTCSessionDescription]:
-        """Negotiate a new session. Raises BadOffer, SessionLimitReached or
-        EngineUnavailable; on any failure nothing is left behind."""
+    async def create(
+        self, sdp: str, sdp_type: str, prompt: str, kind: SessionKind = "browser"
+    ) -> tuple[Session, RTCSessionDescription]:
+        """Negotiate a new session: a browser (stylized video back, control channel) or a
+        WHIP publisher (ingest only; watched through its watch link). Raises BadOffer,
+        SessionLimitReached or EngineUnavailable; on any failure nothing is left behind."""
         if self._closed:
             raise EngineUnavailable("the server is shutting down")
         if sdp_type != "offer":
@@ -71,8 +80,18 @@ class SessionRegistry:
         session_id = secrets.token_urlsafe(9)
         engine_session = self.engine.open_session(session_id, prompt)
         self._pending += 1
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=self._rtc_ice_servers()))
-        session = Session(session_id, pc, engine_session, self.engine.info, self.settings, self.stats, self._forget)
+        pc = RTCPeerConnection(self.rtc_configuration())
+        session = Session(
+            session_id,
+            pc,
+            engine_session,
+            self.engine.info,
+            self.settings,
+            self.stats,
+            self._forget,
+            kind=kind,
+            watch_directory=self,
+        )
         pc.on("track", session.on_track)
         pc.on("datachannel", session.on_datachannel)
         try:
@@ -94,12 +113,56 @@ class SessionRegistry:
         session.log.info("created (%d/%d sessions)", len(self._sessions), self.max_sessions)
         return session, pc.localDescription
 
-    def _rtc_ice_servers(self) -> list[RTCIceServer]:
-        return [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in self.ice_servers]
+    def rtc_configuration(self) -> RTCConfiguration:
+        servers = [
+            RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in self.ice_servers
+        ]
+        return RTCConfiguration(iceServers=servers)
 
     async def _forget(self, session: Session) -> None:
         if self._sessions.pop(session.id, None) is not None:
+            self.revoke_watch(session)
             session.log.info("removed (%d/%d sessions)", len(self._sessions), self.max_sessions)
+
+    # ---- watch links (WatchDirectory) ----------------------------------------------------------
+
+    def create_watch(self, session: Session) -> WatchLink:
+        """A new link for the session's stylized stream (an older one stops working)."""
+        if session.watch is not None:
+            self._watch.pop(session.watch.token, None)
+        link = WatchLink.new(session.id, self.watch_ttl_s)
+        self._watch[link.token] = link
+        session.watch = link
+        session.log.info("watch link created")  # the token itself is a secret: never logged
+        return link
+
+    def revoke_watch(self, session: Session) -> None:
+        if session.watch is not None:
+            self._watch.pop(session.watch.token, None)
+            session.watch = None
+            session.log.info("watch link revoked")
+            asyncio.get_running_loop().create_task(session.close_viewers())
+
+    def resolve_watch(self, token: str) -> Session:
+        link = self._watch.get(token)
+        session = self._sessions.get(link.session_id) if link is not None else None
+        if link is None or session is None or link.expired():
+            if link is not None:
+                self._watch.pop(token, None)
+            raise WatchNotFound("this watch link does not exist or has ended")
+        return session
+
+    async def add_viewer(self, token: str, offer_sdp: str) -> tuple[Session, Viewer, str]:
+        session = self.resolve_watch(token)
+        viewer, answer = await session.add_viewer(offer_sdp, self.rtc_configuration(), self.max_viewers)
+        return session, viewer, answer
+
+    async def remove_viewer(self, token: str, viewer_id: str) -> None:
+        session = self.resolve_watch(token)
+        viewer = session.viewers.get(viewer_id)
+        if viewer is None:
+            raise WatchNotFound("no such viewer")
+        await viewer.aclose()
 
     async def aclose(self) -> None:
         self._closed = True

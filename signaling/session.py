@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
-from aiortc import RTCDataChannel, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from pipeline.client import EngineSession
@@ -20,22 +21,31 @@ from pipeline.slots import SlotClosed
 from pipeline.stats import Counter, Histogram
 from signaling.protocol import (
     CHANNEL_LABEL,
+    CreateWatchMsg,
     ErrorMsg,
     HelloMsg,
     PingMsg,
     PongMsg,
     PromptAppliedMsg,
     ProtocolError,
+    RevokeWatchMsg,
     ServerMessage,
     SetAdapterStrengthMsg,
     SetPromptMsg,
     StatsMsg,
+    ViewersMsg,
+    WatchMsg,
     encode_server_message,
     parse_client_message,
 )
-from signaling.tracks import StylizedVideoTrack, drain_and_discard, drain_video
+from signaling.tracks import StylizedFanOut, StylizedVideoTrack, drain_and_discard, drain_video
+from signaling.viewers import Viewer, ViewersFull, WatchLink
 
 log = logging.getLogger(__name__)
+
+
+class BadSdp(ValueError):
+    """An SDP offer that cannot be used; the message says why, for the client."""
 
 
 class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -67,6 +77,17 @@ def engine_json(info: EngineInfo, state: str) -> dict[str, Any]:
     return {"kind": info.kind, "model": info.model, "reason": info.reason, "state": state, "adapter": info.adapter}
 
 
+class WatchDirectory(Protocol):
+    """Where watch links live (the session registry)."""
+
+    def create_watch(self, session: Session) -> WatchLink: ...
+
+    def revoke_watch(self, session: Session) -> None: ...
+
+
+SessionKind = Literal["browser", "whip"]
+
+
 class Session:
     def __init__(
         self,
@@ -77,6 +98,9 @@ class Session:
         settings: SessionSettings,
         stats: SignalingStats,
         on_closed: Callable[[Session], Awaitable[None]],
+        *,
+        kind: SessionKind = "browser",
+        watch_directory: WatchDirectory | None = None,
     ) -> None:
         self.id = session_id
         self.pc = pc
@@ -91,15 +115,23 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_frame_at = time.monotonic()
         self._closing: asyncio.Task[None] | None = None
-        self.output = StylizedVideoTrack(engine, stats.encode_ms, stats.frames_sent)
+        self.kind = kind
+        self.fanout = StylizedFanOut(engine, stats.encode_ms, stats.frames_sent)
+        # A browser gets its stylized video back; a WHIP publisher only sends (viewers watch).
+        self.output: StylizedVideoTrack | None = self.fanout.subscribe() if kind == "browser" else None
         self.has_video = False
+        self.watch: WatchLink | None = None
+        self.viewers: dict[str, Viewer] = {}
+        self._watch_directory = watch_directory
+        self._prompt_seq = 0
 
     # ---- wiring (before the answer is made) ---------------------------------------------
 
     def on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "video" and not self.has_video:
             self.has_video = True
-            self.pc.addTrack(self.output)
+            if self.output is not None:
+                self.pc.addTrack(self.output)
             self._spawn(
                 drain_video(track, self.engine.submit, self._settings.max_short_side, self._frame_seen),
                 "reader",
@@ -122,6 +154,7 @@ class Session:
 
     def start(self) -> None:
         """After the answer: start the tasks that run for the session's life."""
+        self._spawn(self.fanout.run(), "fanout")
         self._spawn(self._forward_events(), "events")
         self._spawn(self._tick(), "stats")
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -145,6 +178,19 @@ class Session:
             return
         if isinstance(msg, PingMsg):
             self._send(PongMsg(t=msg.t))
+        elif isinstance(msg, CreateWatchMsg):
+            if self._watch_directory is None:
+                self._send(ErrorMsg(code="sharing_unavailable", message="sharing is not enabled on this server"))
+                return
+            link = self._watch_directory.create_watch(self)
+            self._send(
+                WatchMsg(token=link.token, path=link.path, expires_in_s=round(link.expires_at - time.monotonic()))
+            )
+            self._send(ViewersMsg(count=len(self.viewers)))
+        elif isinstance(msg, RevokeWatchMsg):
+            if self._watch_directory is not None:
+                self._watch_directory.revoke_watch(self)
+            self._send(WatchMsg(token=None, path=None, expires_in_s=None))
         elif isinstance(msg, SetAdapterStrengthMsg):
             self.log.info("set_adapter_strength seq=%d %.2f", msg.seq, msg.value)
             try:
@@ -152,11 +198,58 @@ class Session:
             except Exception as exc:  # noqa: BLE001 - engine gone: tell the client
                 self._send(ErrorMsg(code="engine_failed", message=str(exc), seq=msg.seq))
         elif isinstance(msg, SetPromptMsg):
-            self.log.info("set_prompt seq=%d %r", msg.seq, msg.prompt[:80])
             try:
-                self.engine.set_prompt(msg.prompt, msg.seq)
+                self.set_prompt(msg.prompt, msg.seq)
             except Exception as exc:  # noqa: BLE001 - engine gone: tell the client
                 self._send(ErrorMsg(code="engine_failed", message=str(exc), seq=msg.seq))
+
+    def set_prompt(self, prompt: str, seq: int | None = None) -> int:
+        """Change the style (data channel, or a WHIP publisher's control endpoint).
+        Returns the seq that a prompt_applied will carry."""
+        self._prompt_seq = max(self._prompt_seq + 1, seq or 0)
+        self.log.info("set_prompt seq=%d %r", self._prompt_seq, prompt[:80])
+        self.engine.set_prompt(prompt, self._prompt_seq)
+        return self._prompt_seq
+
+    # ---- viewers (watch links) ---------------------------------------------------------------
+
+    async def add_viewer(self, offer_sdp: str, rtc_config: RTCConfiguration, max_viewers: int) -> tuple[Viewer, str]:
+        """A receive-only peer for a viewer; returns it and the answer SDP."""
+        if len(self.viewers) >= max_viewers:
+            raise ViewersFull(max_viewers)
+        pc = RTCPeerConnection(rtc_config)
+        viewer = Viewer(secrets.token_urlsafe(9), pc, self.fanout.subscribe(), self._viewer_closed)
+        self.viewers[viewer.id] = viewer
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            if not any(t.kind == "video" for t in pc.getTransceivers()):
+                raise BadSdp("the offer has no video to receive")
+            pc.addTrack(viewer.track)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BadSdp:
+            await viewer.aclose()
+            raise
+        except Exception as exc:
+            await viewer.aclose()
+            raise BadSdp(f"the offer could not be parsed: {exc}") from exc
+
+        @pc.on("connectionstatechange")
+        async def _state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                viewer.close_soon()
+
+        self.log.info("viewer %s joined (%d watching)", viewer.id, len(self.viewers))
+        self._send(ViewersMsg(count=len(self.viewers)))
+        return viewer, pc.localDescription.sdp
+
+    async def _viewer_closed(self, viewer: Viewer) -> None:
+        if self.viewers.pop(viewer.id, None) is not None:
+            self.fanout.unsubscribe(viewer.track)
+            self.log.info("viewer %s left (%d watching)", viewer.id, len(self.viewers))
+            self._send(ViewersMsg(count=len(self.viewers)))
+
+    async def close_viewers(self) -> None:
+        await asyncio.gather(*(v.aclose() for v in list(self.viewers.values())), return_exceptions=True)
 
     async def _forward_events(self) -> None:
         while True:
@@ -225,8 +318,10 @@ class Session:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.close_viewers()
         self.engine.close()
-        self.output.stop()
+        if self.output is not None:
+            self.output.stop()
         try:
             await self.pc.close()
         finally:

@@ -1,4 +1,5 @@
-"""Media tracks: the stylized outgoing track and the remote-track drain."""
+"""Media tracks: the stylized outgoing tracks (fanned out to the broadcaster and its
+viewers) and the remote-track drain."""
 
 from __future__ import annotations
 
@@ -12,25 +13,33 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
 from pipeline.client import EngineSession, EngineUnavailable, SessionClosed
+from pipeline.slots import LatestSlot, SlotClosed
 from pipeline.stats import Counter, Histogram
 
 log = logging.getLogger(__name__)
 
 
 class StylizedVideoTrack(MediaStreamTrack):
-    """aiortc pulls frames with recv(); each is the engine's newest stylized frame,
-    carrying its source frame's pts/time_base (strictly increasing)."""
+    """One consumer of a session's stylized video (the broadcaster's own peer connection or
+    a viewer's). aiortc pulls frames with recv(); each is the newest frame the fan-out
+    offered (latest-frame slot: a slow consumer drops frames, it never queues them)."""
 
     kind = "video"
 
-    def __init__(self, engine_session: EngineSession, encode_ms: Histogram, sent: Counter) -> None:
+    def __init__(self, encode_ms: Histogram, sent: Counter) -> None:
         super().__init__()
-        self._engine = engine_session
+        self._slot: LatestSlot[VideoFrame] = LatestSlot()
         self._encode_ms = encode_ms
         self._sent = sent
-        self._last_pts: int | None = None
         self._handed_at: float | None = None
         self.frames_sent = 0
+
+    def offer(self, frame: VideoFrame) -> None:
+        self._slot.put(frame)
+
+    def stop(self) -> None:
+        self._slot.close()
+        super().stop()
 
     async def recv(self) -> VideoFrame:  # type: ignore[override]
         if self._handed_at is not None:
@@ -38,24 +47,59 @@ class StylizedVideoTrack(MediaStreamTrack):
             # so the gap between the two calls is the encode (+ packetise) time.
             self._encode_ms.observe((time.monotonic() - self._handed_at) * 1000)
             self._handed_at = None
-        while True:
-            if self.readyState != "live":
-                raise MediaStreamError
-            try:
-                out = await self._engine.recv()
-            except (SessionClosed, EngineUnavailable):
-                self.stop()
-                raise MediaStreamError from None
-            if self._last_pts is not None and out.pts <= self._last_pts:
-                continue  # never send time backwards (e.g. a sender that reset its clock)
-            self._last_pts = out.pts
-            frame = VideoFrame.from_ndarray(out.image, format="rgb24")
-            frame.pts = out.pts
-            frame.time_base = out.time_base
-            self.frames_sent += 1
-            self._sent.inc()
-            self._handed_at = time.monotonic()
-            return frame
+        if self.readyState != "live":
+            raise MediaStreamError
+        try:
+            frame = await self._slot.get()
+        except SlotClosed:
+            raise MediaStreamError from None
+        self.frames_sent += 1
+        self._sent.inc()
+        self._handed_at = time.monotonic()
+        return frame
+
+
+class StylizedFanOut:
+    """Offers each engine output (source pts/time_base, strictly increasing) to every
+    subscribed track: viewers of a shared stream cost an encoder each, never another engine
+    step. Every track gets its own VideoFrame: encoders run on executor threads and PyAV
+    frames are not safe to reformat from two threads at once (a shared one deadlocked)."""
+
+    def __init__(self, engine_session: EngineSession, encode_ms: Histogram, sent: Counter) -> None:
+        self._engine = engine_session
+        self._encode_ms = encode_ms
+        self._sent = sent
+        self._tracks: set[StylizedVideoTrack] = set()
+        self._last_pts: int | None = None
+
+    def subscribe(self) -> StylizedVideoTrack:
+        track = StylizedVideoTrack(self._encode_ms, self._sent)
+        self._tracks.add(track)
+        return track
+
+    def unsubscribe(self, track: StylizedVideoTrack) -> None:
+        self._tracks.discard(track)
+        track.stop()
+
+    async def run(self) -> None:
+        """Until the engine session closes (owned and cancelled by the Session)."""
+        try:
+            while True:
+                try:
+                    out = await self._engine.recv()
+                except (SessionClosed, EngineUnavailable):
+                    return
+                if self._last_pts is not None and out.pts <= self._last_pts:
+                    continue  # never send time backwards (e.g. a sender that reset its clock)
+                self._last_pts = out.pts
+                for track in self._tracks:
+                    frame = VideoFrame.from_ndarray(out.image, format="rgb24")
+                    frame.pts = out.pts
+                    frame.time_base = out.time_base
+                    track.offer(frame)
+        finally:
+            for track in list(self._tracks):
+                track.stop()
 
 
 async def drain_video(

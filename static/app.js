@@ -5,9 +5,11 @@ import { AppError, CONNECTION_FAILED_MESSAGE, INSECURE_MESSAGE } from "./js/erro
 import { canMeasureFps, watchFps } from "./js/fps.js";
 import {
   adapterStrengthMessage,
+  createWatchMessage,
   parseMessage,
   pingMessage,
   PROTOCOL_VERSION,
+  revokeWatchMessage,
   setPromptMessage,
 } from "./js/protocol.js";
 import { Session } from "./js/session.js";
@@ -131,6 +133,8 @@ function teardown() {
   ui.el.remote.srcObject = null;
   ui.resetLiveReadouts();
   ui.setStreaming(false);
+  ui.showShare(null); // the link dies with the session
+  ui.el.share.disabled = true;
 }
 
 function handleConnectionState(state) {
@@ -148,6 +152,7 @@ function showRemote(stream) {
 }
 
 function handleChannelOpen() {
+  ui.el.share.disabled = false;
   pingTimer = setInterval(() => session?.send(pingMessage(performance.now())), PING_INTERVAL_MS);
   // The user may have applied a new prompt while we were connecting.
   if (activePrompt !== offeredPrompt) sendPrompt(activePrompt);
@@ -161,6 +166,12 @@ function handleMessage(data) {
     case "hello":
       sessionId = msg.session_id;
       if (msg.engine) ui.showEngine(msg.engine);
+      break;
+    case "watch":
+      ui.showShare(msg.path);
+      break;
+    case "viewers":
+      ui.showViewers(msg.count);
       break;
     case "pong":
       ui.showRtt(performance.now() - msg.t);
@@ -232,6 +243,16 @@ function bindEvents() {
   ui.el.stop.addEventListener("click", stop);
   ui.el.camera.addEventListener("change", switchCamera);
   ui.el.adapterStrength.addEventListener("input", sendAdapterStrength);
+  ui.el.share.addEventListener("click", () => session?.send(createWatchMessage()));
+  ui.el.shareRevoke.addEventListener("click", () => session?.send(revokeWatchMessage()));
+  ui.el.shareCopy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(ui.el.shareLink.value);
+      ui.el.shareCopy.textContent = "Copied";
+    } catch {
+      ui.el.shareLink.select(); // clipboard needs HTTPS or localhost: let the user copy by hand
+    }
+  });
   // A form gives Enter-to-apply for free, including the mobile keyboard's action key.
   ui.el.promptForm.addEventListener("submit", (e) => {
     e.preventDefault();

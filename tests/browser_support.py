@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -83,8 +84,10 @@ def livestyle_command() -> str:
 
 
 def http_json(url: str, timeout: float = 2.0) -> tuple[int, dict]:
+    # The self-signed HTTPS server's certificate is not trusted here: skip verification.
+    context = ssl._create_unverified_context() if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as exc:  # /healthz answers 503 with a JSON body
         return exc.code, json.load(exc)
@@ -107,7 +110,8 @@ class LiveServer:
         command = [livestyle_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--engine", "preview"]
         with log_path.open("wb") as log:
             process = subprocess.Popen([*command, *extra_args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        server = cls(f"http://127.0.0.1:{port}", process, log_path)
+        scheme = "https" if "--tls-self-signed" in extra_args else "http"
+        server = cls(f"{scheme}://127.0.0.1:{port}", process, log_path)
         try:
             server._wait_healthy(timeout)
         except BaseException:

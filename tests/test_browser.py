@@ -297,3 +297,51 @@ def test_denied_camera_permission_is_explained(playwright: Playwright, fake_came
         assert server.sessions() == sessions_before
     finally:
         denying.close()
+
+
+def test_https_with_a_self_signed_certificate(browser: Browser, tmp_path: Path) -> None:
+    """--tls-self-signed: the page loads over HTTPS (certificate accepted, as a phone user
+    would once) and the stream plays."""
+    server = LiveServer.start("https", "--tls-self-signed", "--tls-dir", str(tmp_path / "tls"))
+    try:
+        assert server.url.startswith("https://")
+        live = open_page(browser, server, ignore_https_errors=True)
+        assert live.page.evaluate("window.isSecureContext")
+        start_streaming(live)
+        live.page.click("#stop")
+        server.wait_sessions(0, timeout=5)
+        live.page.context.close()
+    finally:
+        assert server.stop() == 0
+    assert not server.log_problems(), server.log_problems()
+
+
+def test_share_link_lets_another_browser_watch(browser: Browser, server: LiveServer, record_property) -> None:
+    """Share -> a watch link; opening it in another context plays the stylized stream (WHEP);
+    the broadcaster sees the viewer count; Stop sharing ends the viewer's stream."""
+    host = open_page(browser, server)
+    start_streaming(host)
+    wait_for(host, "!document.getElementById('share').disabled", "the Share button")
+    host.page.click("#share")
+    wait_for(host, "document.getElementById('share-link').value.includes('/watch/')", "the watch link")
+    link = host.page.input_value("#share-link")
+    assert link.startswith(server.url + "/watch/")
+
+    guest_context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone, portrait
+    guest = guest_context.new_page()
+    guest.goto(link)
+    guest.wait_for_function("window.livestyleWatch && window.livestyleWatch.state() === 'live'", timeout=WAIT_MS)
+    guest.wait_for_function("document.getElementById('remote').videoWidth === 512", timeout=WAIT_MS)
+    guest.wait_for_function("window.livestyleWatch.fps() > 10", timeout=WAIT_MS)
+    record_property("viewer_fps", guest.evaluate("window.livestyleWatch.fps()"))
+    wait_for(host, "document.getElementById('viewers').textContent.startsWith('1 ')", "the viewer count")
+
+    host.page.click("#share-revoke")
+    guest.wait_for_function("window.livestyleWatch.state() === 'ended'", timeout=15_000)
+    wait_for(host, "document.getElementById('share-panel').hidden", "the share panel to close")
+    guest.reload()  # the dead link now answers 404 and the page says so
+    guest.wait_for_function("document.getElementById('message').dataset.kind === 'ended'", timeout=WAIT_MS)
+    guest_context.close()
+    host.page.click("#stop")
+    server.wait_sessions(0, timeout=5)
+    host.page.context.close()

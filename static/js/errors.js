@@ -45,6 +45,15 @@ export function cameraError(err) {
 export function offerError(status, body) {
   const code = body?.error?.code ?? "";
   const message = body?.error?.message;
+  if (status === 401) {
+    return new AppError(
+      "auth",
+      "This server needs an access token. Open the link you were given (it ends with #token=…).",
+    );
+  }
+  if (status === 429) {
+    return new AppError("server-full", "Too many attempts from this address; wait a minute and press Start again.");
+  }
   if (code === "server_full") {
     return new AppError("server-full", message ?? "The server is full. Try again in a minute.");
   }

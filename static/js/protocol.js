@@ -10,6 +10,10 @@ export const setPromptMessage = (prompt, seq) =>
 export const adapterStrengthMessage = (value, seq) =>
   JSON.stringify({ v: PROTOCOL_VERSION, type: "set_adapter_strength", value, seq });
 
+export const createWatchMessage = () => JSON.stringify({ v: PROTOCOL_VERSION, type: "create_watch" });
+
+export const revokeWatchMessage = () => JSON.stringify({ v: PROTOCOL_VERSION, type: "revoke_watch" });
+
 export const pingMessage = (t) => JSON.stringify({ v: PROTOCOL_VERSION, type: "ping", t });
 
 /** Returns the parsed server message, or null for anything this client can't understand. */

@@ -77,14 +77,24 @@ function waitForIceGathering(pc) {
   });
 }
 
+/** The access token, when the page was opened as /#token=... (a fragment never reaches
+ * server logs); kept for the tab's lifetime. */
+export function accessToken() {
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromHash) {
+    sessionStorage.setItem("livestyle-token", fromHash);
+    history.replaceState(null, "", location.pathname + location.search); // keep it out of shared URLs
+  }
+  return sessionStorage.getItem("livestyle-token");
+}
+
 async function postOffer(offer) {
   let response;
+  const headers = { "Content-Type": "application/json" };
+  const token = accessToken();
+  if (token) headers.Authorization = `Bearer ${token}`;
   try {
-    response = await fetch("/offer", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(offer),
-    });
+    response = await fetch("/offer", { method: "POST", headers, body: JSON.stringify(offer) });
   } catch (err) {
     throw new AppError("connection", `Could not reach the server (${err.message}).`);
   }

@@ -13,6 +13,12 @@ export const el = {
   promptStatus: byId("prompt-status"),
   presets: document.querySelectorAll(".preset"),
   adapterRow: byId("adapter-row"),
+  share: byId("share"),
+  sharePanel: byId("share-panel"),
+  shareLink: byId("share-link"),
+  shareCopy: byId("share-copy"),
+  shareRevoke: byId("share-revoke"),
+  viewers: byId("viewers"),
   adapterStrength: byId("adapter-strength"),
   adapterValue: byId("adapter-value"),
   message: byId("message"),
@@ -86,4 +92,14 @@ export function resetLiveReadouts() {
   for (const id of ["fps-in", "fps-out", "rtt", "latency", "dropped"]) setText(id, "—");
   setText("overlay-fps", "— fps");
   setText("overlay-latency", "— ms");
+}
+
+/** path: the watch link's path, or null when not sharing. */
+export function showShare(path) {
+  el.sharePanel.hidden = !path;
+  el.shareLink.value = path ? new URL(path, location.origin).href : "";
+}
+
+export function showViewers(count) {
+  el.viewers.textContent = `${count} watching`;
 }
