@@ -9,20 +9,16 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from aiohttp import ClientSession
-from aiohttp.test_utils import TestServer
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from media import MARK_Y, ClipTrack, LoopbackClient, davis_clip, ping_pong, read_stamp
 
-from pipeline.config import EngineConfig
-from server.app import REGISTRY, create_app
-from server.config import ServerConfig
+from server.app import REGISTRY
 from server.turn import TurnConfig
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(120)]
@@ -33,21 +29,6 @@ TOKEN = "s3cret-token-0123456789"
 @pytest.fixture(scope="module")
 def clip():
     return ping_pong(davis_clip("blackswan"))
-
-
-@pytest.fixture
-async def server() -> AsyncIterator:
-    servers = []
-
-    async def start(**config):
-        srv = TestServer(create_app(ServerConfig(port=0, engine=EngineConfig(kind="preview"), **config)))
-        await srv.start_server()
-        servers.append(srv)
-        return srv, str(srv.make_url("")).rstrip("/")
-
-    yield start
-    for srv in servers:
-        await srv.close()
 
 
 @dataclass
@@ -115,8 +96,8 @@ async def broadcaster(http, base, clip) -> tuple[LoopbackClient, dict]:
     return client, watch
 
 
-async def test_viewers_receive_the_broadcasters_stylized_frames(server, clip):
-    srv, base = await server()
+async def test_viewers_receive_the_broadcasters_stylized_frames(preview_server, clip):
+    srv, base = await preview_server()
     async with ClientSession() as http:
         source, watch = await broadcaster(http, base, clip)
         assert watch["path"] == f"/watch/{watch['token']}" and watch["expires_in_s"] > 3600
@@ -151,8 +132,8 @@ async def test_viewers_receive_the_broadcasters_stylized_frames(server, clip):
         await source.close()
 
 
-async def test_revoked_expired_and_orphaned_links_are_404(server, clip):
-    srv, base = await server(max_viewers=1)
+async def test_revoked_expired_and_orphaned_links_are_404(preview_server, clip):
+    srv, base = await preview_server(max_viewers=1)
     registry = srv.app[REGISTRY]
     async with ClientSession() as http:
         source, watch = await broadcaster(http, base, clip)
@@ -195,8 +176,8 @@ async def test_revoked_expired_and_orphaned_links_are_404(server, clip):
             assert page.status == 404
 
 
-async def test_whip_publish_prompt_whep_and_delete(server, clip):
-    srv, base = await server()
+async def test_whip_publish_prompt_whep_and_delete(preview_server, clip):
+    srv, base = await preview_server()
     registry = srv.app[REGISTRY]
     async with ClientSession() as http:
         publisher = SdpPeer()
@@ -228,9 +209,9 @@ async def test_whip_publish_prompt_whep_and_delete(server, clip):
         await publisher.close()
 
 
-async def test_tokens_guard_session_creation_and_never_reach_the_log(server, clip, caplog):
+async def test_tokens_guard_session_creation_and_never_reach_the_log(preview_server, clip, caplog):
     caplog.set_level(logging.DEBUG)
-    srv, base = await server(auth_tokens=(TOKEN,))
+    srv, base = await preview_server(auth_tokens=(TOKEN,))
     registry = srv.app[REGISTRY]
     async with ClientSession() as http:
         async with http.get(f"{base}/api/config") as resp:
@@ -259,8 +240,8 @@ async def test_tokens_guard_session_creation_and_never_reach_the_log(server, cli
     assert TOKEN not in caplog.text
 
 
-async def test_offers_are_rate_limited_per_address(server):
-    _, base = await server(offer_rate_per_min=60, offer_burst=2)
+async def test_offers_are_rate_limited_per_address(preview_server):
+    _, base = await preview_server(offer_rate_per_min=60, offer_burst=2)
     async with ClientSession() as http:
         statuses = []
         for _ in range(3):
@@ -272,9 +253,9 @@ async def test_offers_are_rate_limited_per_address(server):
         assert statuses == [400, 400, 429]
 
 
-async def test_ice_servers_carry_short_lived_turn_credentials(server):
+async def test_ice_servers_carry_short_lived_turn_credentials(preview_server):
     turn = TurnConfig(urls=("turn:turn.example.org:3478",), secret="north", ttl_s=600)
-    _, base = await server(turn=turn)
+    _, base = await preview_server(turn=turn)
     async with ClientSession() as http:
         async with http.get(f"{base}/api/ice-servers") as resp:
             servers = (await resp.json())["ice_servers"]

@@ -28,21 +28,6 @@ def clip():
     return ping_pong(davis_clip("blackswan"))
 
 
-@pytest.fixture
-async def server():
-    servers = []
-
-    async def start(**config):
-        srv = TestServer(create_app(ServerConfig(port=0, engine=EngineConfig(kind="preview"), **config)))
-        await srv.start_server()
-        servers.append(srv)
-        return srv, str(srv.make_url("")).rstrip("/")
-
-    yield start
-    for srv in servers:
-        await srv.close()
-
-
 def match_quality(clip, received, prompt):
     """Per stamped frame: (error vs the locally stylized source, error vs the raw source),
     mean absolute difference outside the stamp row."""
@@ -60,8 +45,8 @@ def match_quality(clip, received, prompt):
     return to_styled, to_source
 
 
-async def test_davis_clip_streams_stylized_at_speed(server, clip, record_property):
-    _, base = await server()
+async def test_davis_clip_streams_stylized_at_speed(preview_server, clip, record_property):
+    _, base = await preview_server()
     track = ClipTrack(clip, fps=30)
     async with ClientSession() as http:
         client = LoopbackClient(base, track, prompt=PROMPT_A)
@@ -98,8 +83,8 @@ async def test_davis_clip_streams_stylized_at_speed(server, clip, record_propert
     assert stats["fps_in"] > 10 and stats["latency_ms"] is not None
 
 
-async def test_set_prompt_round_trip_changes_the_output(server, clip):
-    _, base = await server()
+async def test_set_prompt_round_trip_changes_the_output(preview_server, clip):
+    _, base = await preview_server()
     track = ClipTrack(clip, fps=30)
     async with ClientSession() as http:
         client = LoopbackClient(base, track, prompt=PROMPT_A)
@@ -126,8 +111,8 @@ async def test_set_prompt_round_trip_changes_the_output(server, clip):
     assert np.abs(colour(after) - colour(before)).max() > 10  # and visibly changed
 
 
-async def test_bad_control_messages_get_errors_and_the_session_survives(server, clip):
-    _, base = await server()
+async def test_bad_control_messages_get_errors_and_the_session_survives(preview_server, clip):
+    _, base = await preview_server()
     async with ClientSession() as http:
         client = LoopbackClient(base, ClipTrack(clip, fps=30), prompt=PROMPT_A)
         await client.connect(http)
@@ -153,8 +138,8 @@ async def test_bad_control_messages_get_errors_and_the_session_survives(server, 
         await client.close()
 
 
-async def test_vanished_and_silent_clients_are_reaped(server, clip):
-    srv, base = await server(idle_timeout_s=1.0)
+async def test_vanished_and_silent_clients_are_reaped(preview_server, clip):
+    srv, base = await preview_server(idle_timeout_s=1.0)
     registry = srv.app[REGISTRY]
     async with ClientSession() as http:
         gone = LoopbackClient(base, ClipTrack(clip, fps=30))
@@ -175,7 +160,7 @@ async def test_vanished_and_silent_clients_are_reaped(server, clip):
 
 
 @pytest.mark.diffusion
-async def test_tiny_diffusion_engine_behind_the_same_server(server, clip):
+async def test_tiny_diffusion_engine_behind_the_same_server(clip):
     """The diffusion engine slots in behind the unchanged server/signaling code."""
     config = EngineConfig(kind="diffusion", model="tiny", device="cpu", max_batch=1)
     srv = TestServer(create_app(ServerConfig(port=0, engine=config)))

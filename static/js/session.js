@@ -60,7 +60,8 @@ export class Session {
   }
 }
 
-function waitForIceGathering(pc) {
+/** The server does not trickle ICE: offers go out once gathering is complete. */
+export function waitForIceGathering(pc) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
     // Some networks never finish gathering; the candidates found so far usually suffice.

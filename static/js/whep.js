@@ -2,6 +2,7 @@
 // negotiated by POSTing an SDP offer to the endpoint and released with DELETE on
 // the resource URL the server returns in Location.
 import { AppError } from "./errors.js";
+import { waitForIceGathering } from "./session.js";
 
 const ICE_GATHERING_TIMEOUT_MS = 5000;
 
@@ -67,24 +68,6 @@ export class WhepViewer {
 function deleteResource(url) {
   if (!url) return;
   fetch(url, { method: "DELETE", keepalive: true }).catch(() => {}); // best effort; the server times viewers out too
-}
-
-// Same logic as session.js (which keeps its copy private).
-function waitForIceGathering(pc) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    // Some networks never finish gathering; the candidates found so far usually suffice.
-    const timer = setTimeout(done, ICE_GATHERING_TIMEOUT_MS);
-    function onChange() {
-      if (pc.iceGatheringState === "complete") done();
-    }
-    function done() {
-      clearTimeout(timer);
-      pc.removeEventListener("icegatheringstatechange", onChange);
-      resolve();
-    }
-    pc.addEventListener("icegatheringstatechange", onChange);
-  });
 }
 
 async function postOffer(endpoint, offerSdp) {
