@@ -30,6 +30,7 @@ class LivestyleCollector(Collector):
         e, s = self.engine.stats, self.registry.stats
         yield GaugeMetricFamily("livestyle_sessions", "Open WebRTC sessions", value=len(self.registry))
         yield GaugeMetricFamily("livestyle_sessions_capacity", "max_sessions", value=self.registry.max_sessions)
+        yield GaugeMetricFamily("livestyle_viewers", "Viewers of shared streams", value=self.registry.viewer_count())
         up = GaugeMetricFamily("livestyle_engine_up", "1 while the engine is healthy", labels=["kind", "state"])
         up.add_metric([self.engine.info.kind, self.engine.state], 1.0 if self.engine.healthy else 0.0)
         yield up

@@ -57,6 +57,9 @@ class SessionRegistry:
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
+    def viewer_count(self) -> int:
+        return sum(len(s.viewers) for s in self._sessions.values())
+
     async def create(
         self, sdp: str, sdp_type: str, prompt: str, kind: SessionKind = "browser"
     ) -> tuple[Session, RTCSessionDescription]:
@@ -121,7 +124,8 @@ class SessionRegistry:
 
     async def _forget(self, session: Session) -> None:
         if self._sessions.pop(session.id, None) is not None:
-            self.revoke_watch(session)
+            if session.watch is not None:  # its viewers were closed with it
+                self._watch.pop(session.watch.token, None)
             session.log.info("removed (%d/%d sessions)", len(self._sessions), self.max_sessions)
 
     # ---- watch links (WatchDirectory) ----------------------------------------------------------
@@ -141,7 +145,7 @@ class SessionRegistry:
             self._watch.pop(session.watch.token, None)
             session.watch = None
             session.log.info("watch link revoked")
-            asyncio.get_running_loop().create_task(session.close_viewers())
+            session.disconnect_viewers()
 
     def resolve_watch(self, token: str) -> Session:
         link = self._watch.get(token)

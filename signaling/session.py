@@ -248,6 +248,11 @@ class Session:
             self.log.info("viewer %s left (%d watching)", viewer.id, len(self.viewers))
             self._send(ViewersMsg(count=len(self.viewers)))
 
+    def disconnect_viewers(self) -> None:
+        """Close every viewer (a revoked link) from code that cannot await."""
+        if self.viewers:
+            self._spawn(self.close_viewers(), "close-viewers")
+
     async def close_viewers(self) -> None:
         await asyncio.gather(*(v.aclose() for v in list(self.viewers.values())), return_exceptions=True)
 

@@ -63,6 +63,7 @@ async def test_healthz_config_page_and_metrics(make_client):
     metrics = await (await client.get("/metrics")).text()
     for name in (
         "livestyle_sessions ",
+        "livestyle_viewers ",
         "livestyle_frames_in_total",
         "livestyle_engine_step_ms_bucket",
         "livestyle_prompt_apply_ms_bucket",
