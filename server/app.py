@@ -19,6 +19,7 @@ from server.errors import MAX_BODY, BadRequest, error_middleware
 from server.keys import ACCESS, CONFIG, ENGINE, ENGINE_SPEC, LIMITER, METRICS, REGISTRY
 from server.metrics import build_registry
 from server.sharing import add_routes as add_sharing_routes
+from server.sharing import ice_server_list
 from signaling.protocol import PROTOCOL_VERSION
 from signaling.registry import SessionRegistry
 from signaling.session import SessionSettings, engine_json
@@ -121,7 +122,7 @@ async def client_config(request: web.Request) -> web.Response:
     config, engine = request.app[CONFIG], request.app[ENGINE]
     return web.json_response(
         {
-            "ice_servers": [s.to_json() for s in config.ice_servers],
+            "ice_servers": ice_server_list(config),
             "engine": engine_json(engine.info, engine.state),
             "max_prompt_chars": engine.info.max_prompt_chars,
             "default_prompt": config.default_prompt,

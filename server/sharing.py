@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from server.config import ServerConfig
 from server.errors import BadRequest
 from server.keys import ACCESS, CONFIG, ENGINE, LIMITER, REGISTRY
 from server.turn import turn_ice_server
@@ -130,9 +131,16 @@ async def whep_delete(request: web.Request) -> web.Response:
     return web.Response(status=200, headers=CORS)
 
 
-async def ice_servers(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
+def ice_server_list(config: ServerConfig) -> list[dict[str, object]]:
+    """What a page's RTCPeerConnection gets: the configured servers plus, with a TURN secret,
+    credentials that expire (fetched fresh for every connection)."""
     servers: list[dict[str, object]] = [s.to_json() for s in config.ice_servers]
     if config.turn is not None:
         servers.append(turn_ice_server(config.turn, "livestyle", time.time()))
-    return web.json_response({"ice_servers": servers}, headers={"Cache-Control": "no-store"})
+    return servers
+
+
+async def ice_servers(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"ice_servers": ice_server_list(request.app[CONFIG])}, headers={"Cache-Control": "no-store"}
+    )

@@ -89,7 +89,9 @@ async function start() {
     const track = stream.getVideoTracks()[0];
     await fillCameraPicker(ui.el.camera, track.getSettings().deviceId);
 
-    session = new Session(config.ice_servers, {
+    const iceServers = await fetchIceServers();
+    if (myAttempt !== attempt) return stopTracks(stream);
+    session = new Session(iceServers, {
       onConnectionState: handleConnectionState,
       onTrack: showRemote,
       onChannelOpen: handleChannelOpen,
@@ -112,6 +114,17 @@ async function start() {
     setConnectionState(cameraKinds.includes(err.kind) ? "new" : "failed");
     showError(err);
   }
+}
+
+/** Fresh ICE servers for each connection: TURN credentials from the server expire. */
+async function fetchIceServers() {
+  try {
+    const response = await fetch("/api/ice-servers", { cache: "no-store" });
+    if (response.ok) return (await response.json()).ice_servers ?? config.ice_servers;
+  } catch {
+    // The ones from /api/config still work for STUN and static TURN.
+  }
+  return config.ice_servers;
 }
 
 function stop() {
