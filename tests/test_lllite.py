@@ -290,3 +290,44 @@ def test_lllite_module_embedding_shape():
     emb = m.embed(torch.zeros(1, 3, 512, 512))
     assert emb.shape == (1, 16 * 32, 32)
     assert torch.all(emb.view(1, 16, 32, 32)[:, :, 16:] == 0)  # reference half gets no signal
+
+
+@pytest.mark.webrtc
+async def test_adapter_strength_over_the_data_channel(tiny_checkpoint):
+    """--lllite behind the real server: the page learns there is an adapter and can set its
+    strength; out-of-range values are refused."""
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+    from media import ClipTrack, LoopbackClient, ping_pong
+
+    from pipeline.config import EngineConfig
+    from server.app import create_app
+    from server.config import ServerConfig
+
+    engine = EngineConfig(
+        kind="diffusion",
+        model="tiny",
+        device="cpu",
+        max_batch=1,
+        diffusion=DiffusionConfig(lllite=str(tiny_checkpoint), lllite_blocks="all", text_mode="once"),
+    )
+    srv = TestServer(create_app(ServerConfig(port=0, engine=engine)))
+    await srv.start_server()
+    try:
+        base = str(srv.make_url("")).rstrip("/")
+        async with ClientSession() as http:
+            async with http.get(f"{base}/api/config") as resp:
+                assert "LLLite" in (await resp.json())["engine"]["adapter"]
+            client = LoopbackClient(base, ClipTrack(ping_pong(davis_clip("blackswan")), fps=30))
+            await client.connect(http)
+            await client.wait_frames(2, timeout=60)
+            client.send(type="set_adapter_strength", value=0.4, seq=1)
+            client.send(type="set_adapter_strength", value=1.7, seq=2)
+            err = await client.wait_message(lambda m: m["type"] == "error", timeout=20)
+            assert err["code"] == "bad_value" and err["seq"] == 2  # only the out-of-range one
+            count = len(client.received)
+            await client.wait_frames(count + 2, timeout=60)  # still streaming
+            assert not [m for m in client.messages if m["type"] == "error" and m.get("seq") == 1]
+            await client.close()
+    finally:
+        await srv.close()
