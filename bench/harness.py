@@ -300,9 +300,64 @@ def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def plan(config: BenchConfig, buckets: Sequence[int]) -> list[tuple[str, float]]:
+    """The run's steps in order, as (message prefix, estimated seconds on an H100)."""
+    steps: list[tuple[str, float]] = []
+    local = [s for s in config.scenarios if s != "webrtc"]
+    if local:
+        steps.append(("loading", 15.0))
+        if "naive" in config.scenarios:
+            steps.append(("naive", 3 + 0.2 * config.naive_frames))
+        steps += [(f"warm-up: batch bucket {b} ", 90.0) for b in buckets]
+        batches = list(config.batches) if "paper" in config.scenarios else []
+        if "components" in config.scenarios and 8 not in batches:
+            batches.append(8)
+        steps += [(f"paper: B={b},", config.frames / (70.0 if b == 1 else 145.0) + 2) for b in batches]
+        if "cached_prompt" in config.scenarios:
+            steps.append(("cached_prompt", config.frames / 260.0 + 2))
+        if "serial" in config.scenarios:
+            steps += [("serial: paper", config.frames / 140.0 + 2), ("serial: cached", config.frames / 255.0 + 2)]
+        counts = (["interactive"] if "interactive" in config.scenarios else []) + (
+            list(config.sessions) if "sessions" in config.scenarios else []
+        )
+        if counts:
+            steps.append(("real-time", 5 + len(counts) * (config.live_seconds + 1.6)))
+        if "adapter" in config.scenarios:
+            for blocks in ("down_blocks", "all"):
+                steps.append((f"adapter {blocks}: compiling", 90.0))
+                steps += [(f"adapter {blocks}, refresh", config.frames / 240.0 + 2)] * 4
+    if "webrtc" in config.scenarios:
+        steps.append(("webrtc: server up", 120.0))
+        runs = len(config.webrtc_clients) * len(config.webrtc_codecs)
+        steps += [("webrtc: ", config.webrtc_seconds + 3)] * runs
+    return steps
+
+
+class EtaProgress:
+    """Prefixes progress lines with [step k/n], elapsed time and an ETA: the remaining
+    steps' estimates, scaled by how this machine has done against the estimates so far."""
+
+    def __init__(self, steps: list[tuple[str, float]], out: Callable[[str], None]) -> None:
+        self.steps = steps
+        self.out = out
+        self.index = -1
+        self.t0 = time.monotonic()
+        self.step_started = self.t0
+
+    def __call__(self, message: str) -> None:
+        nxt = self.index + 1
+        if nxt < len(self.steps) and message.startswith(self.steps[nxt][0]):
+            self.index = nxt
+        elapsed = time.monotonic() - self.t0
+        done = sum(est for _, est in self.steps[: max(self.index, 0)])
+        rest = sum(est for _, est in self.steps[max(self.index, 0) :])
+        speed = elapsed / done if done > 0 else 1.0
+        self.out(f"[{max(self.index, 0) + 1}/{len(self.steps)} | {elapsed:.0f} s | ETA {rest * speed:.0f} s] {message}")
+
+
 def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> tuple[dict[str, Any], Path]:
     from pipeline.diffusion.backend import describe_device
-    from pipeline.engines import _device
+    from pipeline.engines import torch_device
 
     t_start = time.monotonic()
     engine_config = EngineConfig(
@@ -315,10 +370,12 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> t
             compile=config.compile, text_mode="every", representative_frame=False, buckets=config.buckets
         ),
     )
-    device, why_not = _device(engine_config)
+    device, why_not = torch_device(engine_config)
     if device is None:
         raise RuntimeError(f"cannot run the diffusion engine: {why_not}")
     device_info = describe_device(device)
+    buckets = engine_config.diffusion.buckets or [b for b in (1, 2, 4, 8, 16) if b <= engine_config.max_batch]
+    progress = EtaProgress(plan(config, buckets), progress)
     out_path = _result_path(config, device_info)
     results: dict[str, Any] = {}
     timing = {"warmup_s": 0.0}

@@ -32,7 +32,7 @@ def preview_spec(config: EngineConfig, reason: str) -> EngineSpec:
     return EngineSpec(info=backend.info, build=build)
 
 
-def _device(config: EngineConfig) -> tuple[Any, str | None]:
+def torch_device(config: EngineConfig) -> tuple[Any, str | None]:
     """(torch.device, None) or (None, why the diffusion engine cannot run)."""
     try:
         import diffusers  # noqa: F401
@@ -84,7 +84,7 @@ def resolve_engine(config: EngineConfig) -> EngineSpec:
     preview with the reason (shown on the page and in /healthz)."""
     if config.kind == "preview":
         return preview_spec(config, "the preview engine was chosen (--engine preview)")
-    device, why_not = _device(config)
+    device, why_not = torch_device(config)
     if device is None:
         return _fallback(config, f"{why_not}: using the CPU preview stylizer")
     from pipeline.diffusion.loading import download_weights, is_hub_id, remedies, weights_location
