@@ -220,6 +220,11 @@ def test_batches_pad_to_the_configured_buckets(clip):
     assert ticket.rows == 2 and len(b.collect(ticket)) == 2
     with pytest.raises(ValueError, match="largest batch bucket"):
         b.bucket_for(5)
+    # A bucket larger than max_batch pads a full batch up to it.
+    wide = backend(max_batch=2, buckets=(1, 4))
+    for sid in ("a", "b"):
+        wide.open_session(sid, PROMPT)
+    assert len(run(wide, [frame("a", clip[0]), frame("b", clip[1])])) == 2
 
 
 def test_any_camera_size_is_cropped_and_resized(clip):

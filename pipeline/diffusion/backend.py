@@ -211,8 +211,8 @@ class DiffusionBackend:
             torch.empty((self.max_batch, STAGING_BYTES), dtype=torch.uint8, pin_memory=pin) for _ in range(RING)
         ]
         self._staging_free: list[torch.cuda.Event | None] = [None] * RING
-        self._outputs = [
-            torch.empty((self.max_batch, self.size, self.size, 3), dtype=torch.uint8, pin_memory=pin)
+        self._outputs = [  # rows for the largest bucket: a batch is padded up to it
+            torch.empty((max(self._buckets), self.size, self.size, 3), dtype=torch.uint8, pin_memory=pin)
             for _ in range(RING)
         ]
         self._noise_gen_seed = config.seed
