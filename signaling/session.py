@@ -204,12 +204,14 @@ class Session:
                 self._send(ErrorMsg(code="engine_failed", message=str(exc), seq=msg.seq))
 
     def set_prompt(self, prompt: str, seq: int | None = None) -> int:
-        """Change the style (data channel, or a WHIP publisher's control endpoint).
-        Returns the seq that a prompt_applied will carry."""
-        self._prompt_seq = max(self._prompt_seq + 1, seq or 0)
-        self.log.info("set_prompt seq=%d %r", self._prompt_seq, prompt[:80])
-        self.engine.set_prompt(prompt, self._prompt_seq)
-        return self._prompt_seq
+        """Change the style: with the client's seq (data channel; echoed as is in
+        prompt_applied), or numbered here (a WHIP publisher's control endpoint)."""
+        if seq is None:
+            seq = self._prompt_seq + 1
+        self._prompt_seq = max(self._prompt_seq, seq)
+        self.log.info("set_prompt seq=%d %r", seq, prompt[:80])
+        self.engine.set_prompt(prompt, seq)
+        return seq
 
     # ---- viewers (watch links) ---------------------------------------------------------------
 
