@@ -5,6 +5,7 @@ diffusion engine does."""
 from __future__ import annotations
 
 import logging
+import shutil
 from typing import Any
 
 from pipeline.client import EngineSpec
@@ -39,6 +40,8 @@ def torch_device(config: EngineConfig) -> tuple[Any, str | None]:
         import torch
         import transformers  # noqa: F401
     except ImportError as exc:
+        if shutil.which("nvidia-smi") is None:
+            return None, "no CUDA device is available (and the diffusion stack is not installed)"
         return None, f"the diffusion stack is not installed ({exc.name}); install livestyle[diffusion]"
     if config.device == "cpu":
         return torch.device("cpu"), None
