@@ -37,9 +37,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 
+from bench.loopback import ping_pong, read_clip
 from pipeline.client import EngineClient, EngineSpec
 from pipeline.config import DiffusionConfig, EngineConfig
 from pipeline.core import EngineCore
@@ -134,10 +134,7 @@ class Latencies:
 def load_frames(davis_dir: Path, clips: Sequence[str], size: int) -> list[np.ndarray]:
     frames: list[np.ndarray] = []
     for name in clips:
-        path = davis_dir / f"{name}.mp4"
-        with av.open(str(path)) as container:
-            clip = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        frames += clip + clip[-2:0:-1]  # ping-pong: no cut inside a clip
+        frames += ping_pong(read_clip(davis_dir / f"{name}.mp4"))  # no cut inside a clip
     if not frames or frames[0].shape[:2] != (size, size):
         raise ValueError(f"expected {size}x{size} frames in {davis_dir}")
     return frames
@@ -342,7 +339,6 @@ class EtaProgress:
         self.out = out
         self.index = -1
         self.t0 = time.monotonic()
-        self.step_started = self.t0
 
     def __call__(self, message: str) -> None:
         nxt = self.index + 1

@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -21,6 +22,17 @@ VIDEO_CLOCK = 90_000
 MARK_BITS = 12
 MARK_CELL = 32
 MARK_Y = 512 - MARK_CELL  # bottom row of the 512x512 frame
+
+
+def read_clip(path: Path) -> list[np.ndarray]:
+    """Every frame of a video file as RGB uint8 arrays."""
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def ping_pong(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Loop a short clip without a cut: forwards then backwards."""
+    return frames + frames[-2:0:-1]
 
 
 def stamp(image: np.ndarray, number: int) -> np.ndarray:

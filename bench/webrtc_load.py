@@ -22,11 +22,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 from aiohttp import ClientSession
 
-from bench.loopback import ClipTrack, LoopbackClient, pts_latencies
+from bench.loopback import ClipTrack, LoopbackClient, ping_pong, pts_latencies, read_clip
 
 
 def free_port() -> int:
@@ -50,10 +49,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def _client(url: str, clip: Path, codec: str, seconds: float) -> dict[str, Any]:
-    with av.open(str(clip)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    frames = frames + frames[-2:0:-1]
-    track = ClipTrack(frames, fps=30)
+    track = ClipTrack(ping_pong(read_clip(clip)), fps=30)
     async with ClientSession() as http:
         client = LoopbackClient(url, track)
         await client.connect(http, codec=codec)

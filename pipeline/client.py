@@ -94,10 +94,6 @@ class EngineClient:
     def healthy(self) -> bool:
         return self.state in ("starting", "warming_up", "ready")
 
-    @property
-    def session_count(self) -> int:
-        return len(self._sessions)
-
     # ---- sessions ---------------------------------------------------------------------
 
     def open_session(self, session_id: str, prompt: str) -> EngineSession:
@@ -105,7 +101,7 @@ class EngineClient:
             raise EngineUnavailable(self.failure or f"engine is {self.state}")
         if session_id in self._sessions:
             raise ValueError(f"session {session_id} is already open")
-        session = EngineSession(self, session_id, prompt)
+        session = EngineSession(self, session_id)
         self._sessions[session_id] = session
         self._bridge.send(AddSession(session_id, prompt))
         return session
@@ -143,9 +139,8 @@ class EngineClient:
 class EngineSession:
     """One stream's view of the engine. Use from the event loop only."""
 
-    def __init__(self, client: EngineClient, session_id: str, prompt: str) -> None:
+    def __init__(self, client: EngineClient, session_id: str) -> None:
         self.session_id = session_id
-        self.prompt = prompt
         self._client = client
         self._out: LatestSlot[FrameOut] = LatestSlot()
         self._events: Inbox[Event] = Inbox()
@@ -154,7 +149,6 @@ class EngineSession:
         self.dropped_in = 0
         self._fps_in = RateWindow()
         self._fps_out = RateWindow()
-        self._last_prompt_seq = 0
 
     def submit(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
         """Hand the newest camera frame to the engine; never blocks."""
@@ -186,7 +180,6 @@ class EngineSession:
         bridge = self._client._bridge
         if bridge is None or self._out.closed:
             raise EngineUnavailable(self._client.failure or "engine is not running")
-        self._last_prompt_seq = seq
         bridge.send(SetPrompt(self.session_id, prompt, seq, time.monotonic()))
 
     def set_adapter_strength(self, value: float, seq: int) -> None:

@@ -91,7 +91,6 @@ class Backend(Protocol):
 
 @dataclass
 class _SessionState:
-    prompt: str
     prompt_seq: int = 0
     pending_applied: tuple[int, float] | None = None
     """(seq, t_received) of a prompt not yet seen in an output frame."""
@@ -168,7 +167,7 @@ class EngineCore:
             events.append(SessionError(cmd.session_id, "prompt_invalid", exc.message))
             prompt = ""
         self.backend.open_session(cmd.session_id, prompt)
-        self._sessions[cmd.session_id] = _SessionState(prompt=prompt)
+        self._sessions[cmd.session_id] = _SessionState()
         return events
 
     def _set_prompt(self, cmd: SetPrompt) -> list[Event]:
@@ -181,7 +180,6 @@ class EngineCore:
             code = "prompt_too_long" if exc.code == "prompt_too_long" else "prompt_invalid"
             return [SessionError(cmd.session_id, code, exc.message, cmd.seq)]  # type: ignore[arg-type]
         self.backend.set_prompt(cmd.session_id, cmd.prompt)
-        state.prompt = cmd.prompt
         state.prompt_seq = cmd.seq
         state.pending_applied = (cmd.seq, cmd.t_received)
         return []

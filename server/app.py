@@ -15,8 +15,8 @@ from pipeline.client import EngineClient, EngineSpec
 from pipeline.engines import resolve_engine
 from server.access import AccessPolicy, RateLimiter
 from server.config import ServerConfig
-from server.errors import MAX_BODY, BadRequest, error_middleware
-from server.keys import ACCESS, CONFIG, ENGINE, ENGINE_SPEC, LIMITER, METRICS, REGISTRY
+from server.errors import BadRequest, error_middleware
+from server.keys import ACCESS, CONFIG, ENGINE, ENGINE_SPEC, LIMITER, MAX_BODY, METRICS, REGISTRY
 from server.metrics import build_registry
 from server.sharing import add_routes as add_sharing_routes
 from server.sharing import ice_server_list

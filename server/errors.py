@@ -10,6 +10,7 @@ from aiohttp import web
 
 from pipeline.client import EngineUnavailable
 from server.access import RateLimited, Unauthorized
+from server.keys import MAX_BODY
 from signaling.registry import BadOffer, SessionLimitReached
 from signaling.viewers import ViewersFull, WatchNotFound
 
@@ -76,6 +77,3 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal server error; see the server log")
-
-
-MAX_BODY = web.AppKey("max_body_bytes", int)

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from pipeline.client import EngineSession
+from pipeline.client import EngineSession, EngineUnavailable
 from pipeline.messages import EngineFailed, EngineInfo, PromptApplied, SessionError
 from pipeline.slots import SlotClosed
 from pipeline.stats import Counter, Histogram
@@ -105,7 +105,6 @@ class Session:
         self.id = session_id
         self.pc = pc
         self.engine = engine
-        self.created_at = time.monotonic()
         self.log = SessionLog(log, {"session_id": session_id})
         self._info = engine_info
         self._settings = settings
@@ -191,16 +190,14 @@ class Session:
             if self._watch_directory is not None:
                 self._watch_directory.revoke_watch(self)
             self._send(WatchMsg(token=None, path=None, expires_in_s=None))
-        elif isinstance(msg, SetAdapterStrengthMsg):
-            self.log.info("set_adapter_strength seq=%d %.2f", msg.seq, msg.value)
+        elif isinstance(msg, SetAdapterStrengthMsg | SetPromptMsg):
             try:
-                self.engine.set_adapter_strength(msg.value, msg.seq)
-            except Exception as exc:  # noqa: BLE001 - engine gone: tell the client
-                self._send(ErrorMsg(code="engine_failed", message=str(exc), seq=msg.seq))
-        elif isinstance(msg, SetPromptMsg):
-            try:
-                self.set_prompt(msg.prompt, msg.seq)
-            except Exception as exc:  # noqa: BLE001 - engine gone: tell the client
+                if isinstance(msg, SetPromptMsg):
+                    self.set_prompt(msg.prompt, msg.seq)
+                else:
+                    self.log.info("set_adapter_strength seq=%d %.2f", msg.seq, msg.value)
+                    self.engine.set_adapter_strength(msg.value, msg.seq)
+            except EngineUnavailable as exc:  # the engine is gone: tell the client
                 self._send(ErrorMsg(code="engine_failed", message=str(exc), seq=msg.seq))
 
     def set_prompt(self, prompt: str, seq: int | None = None) -> int:

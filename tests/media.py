@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 
 from bench.loopback import (  # noqa: F401 - re-exported for the tests
@@ -12,7 +11,9 @@ from bench.loopback import (  # noqa: F401 - re-exported for the tests
     ClipTrack,
     LoopbackClient,
     Received,
+    ping_pong,
     pts_latencies,
+    read_clip,
     read_stamp,
     stamp,
 )
@@ -25,12 +26,6 @@ def davis_clip(name: str = "blackswan", size: int = 512) -> list[np.ndarray]:
     path = DAVIS_DIR / f"{name}.mp4"
     if not path.is_file():
         raise FileNotFoundError(f"DAVIS clip {path} is missing (expected ../shared/data/davis)")
-    with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    frames = read_clip(path)
     assert frames and frames[0].shape == (size, size, 3)
     return frames
-
-
-def ping_pong(frames: list[np.ndarray]) -> list[np.ndarray]:
-    """Loop a short clip without a cut: forwards then backwards."""
-    return frames + frames[-2:0:-1]
