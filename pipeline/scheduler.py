@@ -25,6 +25,9 @@ from pipeline.runtime import Schedule
 EMA = 0.2
 PAUSE_S = 1.0
 """A gap between two frames of a session longer than this is a pause, not its interval."""
+MIN_INTERVAL_S = 1 / 60
+"""A session counts as sending at most 60 fps: one that sends faster (a broken or hostile
+client) cannot make the engine look saturated (it gets one frame per step anyway)."""
 SATURATED, KEEPS_UP = 0.9, 0.75
 """Utilisation above which steps overlap, and below which they stop overlapping again."""
 
@@ -184,7 +187,7 @@ class Scheduler:
             take = min(rows, self.max_batch)
             cycle += self.costs.step(self.bucket_for(take))
             rows -= take
-        return sum(1 / i for i in active) * cycle / len(active)
+        return sum(1 / max(i, MIN_INTERVAL_S) for i in active) * cycle / len(active)
 
     def _saturated(self, now: float, arrivals: Mapping[str, Arrival]) -> bool:
         u = self.utilisation(now, arrivals)

@@ -149,3 +149,14 @@ def test_overlap_only_once_saturated_and_just_in_time():
     assert s.decide(1.0, waiting, [1.02], sixteen) == Wait(pytest.approx(1.02 - HOST_S))
     assert s.decide(1.019, waiting, [1.02], sixteen) == Launch(("s0",))
     assert s.decide(1.019, waiting, [1.02, 1.05], sixteen) == Collect()  # never three in flight
+
+
+def test_a_session_flooding_frames_does_not_make_the_engine_look_saturated():
+    from pipeline.scheduler import Arrival
+
+    s = known_costs(Scheduler("auto", 8, lambda r: 8, pipelined=True), {8: 20.0})
+    calm = {f"s{i}": Arrival(1.0, 1 / 30) for i in range(4)}
+    flooded = {**calm, "flood": Arrival(1.0, 0.0005)}  # 2000 fps
+    assert s.utilisation(1.0, calm) < 0.75
+    assert s.utilisation(1.0, flooded) < 0.75  # counted as 60 fps at most
+    assert s.decide(1.0, [frame_in("s0", t_in=1.0)], [1.01], flooded) == Collect()
