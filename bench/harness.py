@@ -522,7 +522,7 @@ def _run_in_process(
             text_mode=config.live_text_mode, text_refresh=config.live_text_refresh, representative_frame=True
         )
         progress(f"real-time: sessions {live_counts} at 30 fps, {config.live_seconds:.0f} s each")
-        live_spec = EngineSpec(info=spec.info, build=lambda stats: core)
+        live_spec = EngineSpec(info=spec.info, build=lambda stats, progress: core)
         rows = run_live(live_spec, frames, config, live_counts)
         if "interactive" in config.scenarios:
             results["interactive"] = {**rows.pop(0), "text_mode": f"{config.live_text_mode}/{config.live_text_refresh}"}

@@ -3,7 +3,9 @@
 Callers (the WebRTC sessions, the file stylizer, benchmarks) see only arrays and plain
 messages: `EngineSession.submit(image, pts, time_base)`, `await EngineSession.recv()`,
 `set_prompt`, `await next_event()`. The engine runs on its own thread behind
-`EngineBridge`; this module never touches threads itself.
+`EngineBridge`, built and rebuilt by `EngineSupervisor`; this module never touches
+threads itself. An EngineSession outlives engine restarts: it keeps what it asked for
+(prompt, adapter strength) and is re-attached to every new engine with it.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Literal
 
 import numpy as np
 
-from pipeline.bridge import EngineBridge, EngineState
+from pipeline.bridge import EngineBridge
 from pipeline.core import EngineCore, StepResult
+from pipeline.health import EngineHealth
 from pipeline.messages import (
     AddSession,
+    Command,
     EngineFailed,
     EngineInfo,
     Event,
@@ -31,15 +36,27 @@ from pipeline.messages import (
     SessionError,
     SetAdapterStrength,
     SetPrompt,
+    TransientFault,
 )
+from pipeline.runtime import RuntimeConfig
 from pipeline.slots import Inbox, LatestSlot, SlotClosed
 from pipeline.stats import EngineStats, RateWindow
+from pipeline.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
 
+EngineState = Literal["starting", "warming_up", "ready", "restarting", "failed", "closed"]
+_STATE_OF_STATUS: dict[str, EngineState] = {
+    "ok": "ready",
+    "degraded": "ready",
+    "warming_up": "warming_up",
+    "restarting": "restarting",
+    "unhealthy": "failed",
+}
+
 
 class EngineUnavailable(Exception):
-    """The engine failed or was closed; no new work is accepted."""
+    """The engine gave up or was closed; no new work is accepted."""
 
 
 class SessionClosed(Exception):
@@ -51,95 +68,117 @@ class EngineSpec:
     """What to build, known before building it (so /healthz can say it at once)."""
 
     info: EngineInfo
-    build: Callable[[EngineStats], EngineCore]
-    """Runs on the engine thread: loads weights, allocates device memory."""
+    build: Callable[[EngineStats, Callable[[str], None]], EngineCore]
+    """build(stats, progress) runs on the engine thread: downloads and loads weights,
+    allocates device memory, and reports human-readable detail through progress(text)
+    (shown by /healthz while warming up). Called again for every rebuild."""
 
 
 class EngineClient:
-    def __init__(self, spec: EngineSpec, stats: EngineStats | None = None) -> None:
+    def __init__(self, spec: EngineSpec, stats: EngineStats | None = None, *, runtime: RuntimeConfig | None = None):
         self.info = spec.info
         self.stats = stats or EngineStats()
-        self.state: EngineState = "starting"
+        self.health = EngineHealth()
         self.failure: str = ""
-        self._spec = spec
+        self._supervisor = EngineSupervisor(spec, self.stats, runtime or RuntimeConfig(), self.health, self)
         self._sessions: dict[str, EngineSession] = {}
-        self._bridge: EngineBridge | None = None
+        self._started = False
         self._ready = asyncio.Event()
 
     # ---- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._bridge = EngineBridge(lambda: self._spec.build(self.stats), loop, self._deliver, self._set_state)
-        self._bridge.start()
+        self._started = True
+        self._supervisor.start()
         log.info("engine %s (%s) starting: %s", self.info.kind, self.info.model, self.info.reason)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout)
-        if self.state != "ready":
+        if self.health.final:
             raise EngineUnavailable(self.failure or f"engine is {self.state}")
 
     async def aclose(self) -> None:
         for session in list(self._sessions.values()):
             session.close()
-        if self._bridge is not None:
-            bridge, self._bridge = self._bridge, None
-            # join() blocks: do it off the loop so shutdown never stalls other tasks.
-            if not await asyncio.to_thread(bridge.stop):
-                log.warning("engine thread did not stop within its timeout")
-        if self.state != "failed":
-            self._set_state("closed", "")
+        await self._supervisor.aclose()
+        self.health.close()
+        self._ready.set()
+
+    @property
+    def state(self) -> EngineState:
+        if not self._started:
+            return "starting"
+        return "closed" if self.health.closed else _STATE_OF_STATUS[self.health.status]
 
     @property
     def healthy(self) -> bool:
-        return self.state in ("starting", "warming_up", "ready")
+        """False once the engine gave up or was closed (restarting still counts as healthy:
+        sessions stay and resume)."""
+        return not self.health.final
+
+    @property
+    def _bridge(self) -> EngineBridge | None:
+        return self._supervisor.bridge
 
     # ---- sessions ---------------------------------------------------------------------
 
     def open_session(self, session_id: str, prompt: str) -> EngineSession:
-        if not self.healthy or self._bridge is None:
+        if not self.healthy or not self._started:
             raise EngineUnavailable(self.failure or f"engine is {self.state}")
         if session_id in self._sessions:
             raise ValueError(f"session {session_id} is already open")
-        session = EngineSession(self, session_id)
+        session = EngineSession(self, session_id, prompt)
         self._sessions[session_id] = session
-        self._bridge.send(AddSession(session_id, prompt))
+        if self._bridge is not None:  # else it is attached to the engine being rebuilt
+            self._bridge.send(AddSession(session_id, prompt))
         return session
 
     def _close_session(self, session_id: str) -> None:
         if self._sessions.pop(session_id, None) is not None and self._bridge is not None:
             self._bridge.send(RemoveSession(session_id), discard_frames_of=session_id)
 
-    # ---- called on the loop by the bridge ---------------------------------------------
+    def _send(self, cmd: Command) -> None:
+        if self._bridge is not None:
+            self._bridge.send(cmd)
 
-    def _set_state(self, state: EngineState, detail: str) -> None:
-        self.state = state
-        if state == "failed":
-            self.failure = detail
-        if state in ("ready", "failed", "closed"):
-            self._ready.set()
-        log.info("engine state: %s%s", state, f" ({detail})" if detail else "")
+    # ---- SupervisedClient: called on the loop -----------------------------------------
 
-    def _deliver(self, result: StepResult) -> None:
+    def attach(self, bridge: EngineBridge) -> None:
+        for session in self._sessions.values():
+            for cmd in session._attach_commands():
+                bridge.send(cmd)
+
+    def ready(self) -> None:
+        self._ready.set()
+
+    def deliver(self, result: StepResult) -> None:
         for frame in result.outputs:
             session = self._sessions.get(frame.session_id)
             if session is not None:
-                session._on_output(frame)
+                session._out.put(frame)
         for event in result.events:
-            if isinstance(event, EngineFailed):
-                self.failure = event.message
-                for session in list(self._sessions.values()):
-                    session._on_engine_failed(event)
-                continue
-            session = self._sessions.get(event.session_id)
-            if session is not None:
-                session._events.put(event)
+            if isinstance(event, TransientFault):
+                self.health.transient(event.message)
+            elif isinstance(event, EngineFailed):
+                self.gave_up(event.message)
+            elif (session := self._sessions.get(event.session_id)) is not None:
+                session._on_event(event)
+
+    def restarting(self, reason: str) -> None:
+        for session in self._sessions.values():
+            session._events.put(SessionError(session.session_id, "engine_restarting", reason))
+
+    def gave_up(self, reason: str) -> None:
+        self.failure = reason
+        for session in list(self._sessions.values()):
+            session._on_engine_failed(EngineFailed(reason))
+        self._ready.set()
 
 
 class EngineSession:
     """One stream's view of the engine. Use from the event loop only."""
 
-    def __init__(self, client: EngineClient, session_id: str) -> None:
+    def __init__(self, client: EngineClient, session_id: str, prompt: str) -> None:
         self.session_id = session_id
         self._client = client
         self._out: LatestSlot[FrameOut] = LatestSlot()
@@ -149,18 +188,23 @@ class EngineSession:
         self.dropped_in = 0
         self._fps_in = RateWindow()
         self._fps_out = RateWindow()
+        # What a rebuilt engine must be told: the prompt frames are made with, a newer one
+        # not yet confirmed (applied or refused), and the adapter strength asked for.
+        self._applied: tuple[str, int] = (prompt, 0)
+        self._requested: SetPrompt | None = None
+        self._adapter: SetAdapterStrength | None = None
 
     def submit(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
         """Hand the newest camera frame to the engine; never blocks."""
-        bridge = self._client._bridge
-        if self._out.closed or bridge is None:
+        if self._out.closed:
             return
         now = time.monotonic()
         self.frames_in += 1
         self._fps_in.add(now)
         self._client.stats.frames_in.inc()
-        if bridge.put_frame(FrameIn(self.session_id, image, pts, time_base, now)):
-            self.dropped_in += 1
+        bridge = self._client._bridge
+        if bridge is None or bridge.put_frame(FrameIn(self.session_id, image, pts, time_base, now)):
+            self.dropped_in += 1  # overwritten in its slot, or no engine while one is rebuilt
             self._client.stats.frames_dropped.inc()
 
     async def recv(self) -> FrameOut:
@@ -176,17 +220,19 @@ class EngineSession:
         self._fps_out.add(now, (now - frame.t_in) * 1000)
         return frame
 
-    def set_prompt(self, prompt: str, seq: int) -> None:
-        bridge = self._client._bridge
-        if bridge is None or self._out.closed:
+    def _check_open(self) -> None:
+        if self._out.closed or not self._client.healthy:
             raise EngineUnavailable(self._client.failure or "engine is not running")
-        bridge.send(SetPrompt(self.session_id, prompt, seq, time.monotonic()))
+
+    def set_prompt(self, prompt: str, seq: int) -> None:
+        self._check_open()
+        self._requested = SetPrompt(self.session_id, prompt, seq, time.monotonic())
+        self._client._send(self._requested)
 
     def set_adapter_strength(self, value: float, seq: int) -> None:
-        bridge = self._client._bridge
-        if bridge is None or self._out.closed:
-            raise EngineUnavailable(self._client.failure or "engine is not running")
-        bridge.send(SetAdapterStrength(self.session_id, value, seq))
+        self._check_open()
+        self._adapter = SetAdapterStrength(self.session_id, value, seq)
+        self._client._send(self._adapter)
 
     async def next_event(self) -> Event:
         """PromptApplied / SessionError / EngineFailed, in order. Raises SlotClosed
@@ -209,10 +255,30 @@ class EngineSession:
             self._events.close()
             self._client._close_session(self.session_id)
 
-    # ---- from the client's delivery -----------------------------------------------------
+    # ---- from the client ----------------------------------------------------------------
 
-    def _on_output(self, frame: FrameOut) -> None:
-        self._out.put(frame)
+    def _attach_commands(self) -> list[Command]:
+        prompt, seq = self._applied
+        commands: list[Command] = [AddSession(self.session_id, prompt, seq)]
+        commands += [c for c in (self._requested, self._adapter) if c is not None]
+        return commands
+
+    def _on_event(self, event: Event) -> None:
+        requested = self._requested
+        if isinstance(event, PromptApplied) and requested is not None and event.seq >= requested.seq:
+            self._applied, self._requested = (requested.prompt, requested.seq), None
+        elif isinstance(event, SessionError):
+            about_prompt = event.code.startswith("prompt") or event.code == "session_failed"
+            if event.seq is None and event.code == "prompt_invalid":
+                self._applied = ("", self._applied[1])  # the initial prompt was refused
+            elif about_prompt and requested is not None and event.seq == requested.seq:
+                self._requested = None
+            about_adapter = event.code in ("adapter_unavailable", "session_failed")
+            if about_adapter and self._adapter is not None and event.seq == self._adapter.seq:
+                self._adapter = None
+            if event.seq is None and event.code == "session_failed":
+                self._out.close(EngineUnavailable(event.message))  # the engine could not open it
+        self._events.put(event)
 
     def _on_engine_failed(self, event: EngineFailed) -> None:
         self._events.put(event)

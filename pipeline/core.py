@@ -1,21 +1,27 @@
-"""The synchronous engine core: session bookkeeping around a stylizing backend.
+"""The synchronous engine core: session bookkeeping and step scheduling around a
+stylizing backend.
 
-`EngineCore` is stepped by exactly one thread (see bridge.py) or directly by a test.
-It never blocks on anything but compute, knows nothing about threads or asyncio,
-and turns backend failures into either a per-session `SessionError` (recoverable)
-or an `EngineFatalError` (the engine is dead).
+`EngineCore` is stepped by exactly one thread (see bridge.py) or directly by a test, with
+the clock it is given. It never blocks on anything but compute, knows nothing about
+threads or asyncio, and sorts failures into three kinds: a `SessionError` that concerns
+one session (a bad frame, a refused prompt, a backend call for that session that raised);
+a transient fault the backend recovered from (`Backend.recover`: the frames of the steps
+in flight are dropped and a `TransientFault` event says so); and an `EngineFatalError`
+(the engine must be rebuilt).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from pipeline.backend import AdapterUnavailable, Backend, EngineFatalError, PromptRejected
 from pipeline.messages import (
     AddSession,
     Command,
@@ -23,77 +29,27 @@ from pipeline.messages import (
     Event,
     FrameIn,
     FrameOut,
-    PromptApplied,
     RemoveSession,
     SessionError,
     SetAdapterStrength,
     SetPrompt,
+    TransientFault,
 )
+from pipeline.runtime import RuntimeConfig
+from pipeline.scheduler import Arrival, Decision, Scheduler
+from pipeline.session_state import SessionTable
 from pipeline.stats import EngineStats
 
 log = logging.getLogger(__name__)
 
 MAX_FRAME_SIDE = 4096
 MIN_FRAME_SIDE = 16
+MAX_TRANSIENT_IN_A_ROW = 5
+"""Transient faults without a good step in between before the engine counts as broken."""
 
 
-class PromptRejected(Exception):
-    """The backend cannot use this prompt (too long for its token budget, empty...)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class AdapterUnavailable(Exception):
-    """The engine runs without a temporal adapter (start it with --lllite PATH)."""
-
-
-class EngineFatalError(RuntimeError):
-    """The backend failed in a way that leaves the engine unusable."""
-
-
-class Backend(Protocol):
-    """A model that stylizes batches of frames. It owns per-session model state
-    (cached prompt embeddings, noise, previous output) but no bookkeeping.
-
-    Work is split into submit (launch) and collect (wait for the result). A `pipelined`
-    backend may have one batch in flight while the next is submitted (GPU work of step n
-    overlaps the launch of step n+1); a synchronous one does everything in submit."""
-
-    info: EngineInfo
-    pipelined: bool
-
-    def warmup(self, progress: Callable[[str], None]) -> None: ...
-
-    def check_prompt(self, prompt: str) -> None:
-        """Raise PromptRejected if the prompt cannot be used."""
-
-    def open_session(self, session_id: str, prompt: str) -> None: ...
-
-    def close_session(self, session_id: str) -> None: ...
-
-    def set_prompt(self, session_id: str, prompt: str) -> None: ...
-
-    def set_adapter_strength(self, session_id: str, value: float) -> None:
-        """Raise AdapterUnavailable when the backend has no temporal adapter."""
-
-    def submit(self, frames: Sequence[FrameIn]) -> Any:
-        """Start stylizing; returns a ticket for collect(). Frames may share a session
-        (clip mode) only when the caller allows it."""
-
-    def collect(self, ticket: Any) -> list[np.ndarray]:
-        """One output image per submitted frame, in order (blocks until ready)."""
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class _SessionState:
-    prompt_seq: int = 0
-    pending_applied: tuple[int, float] | None = None
-    """(seq, t_received) of a prompt not yet seen in an output frame."""
+class _Transient(Exception):
+    """A backend error that backend.recover() cleaned up after."""
 
 
 @dataclass
@@ -101,7 +57,13 @@ class _Inflight:
     frames: list[FrameIn]
     prompt_seqs: list[int]
     ticket: Any
-    t_submit: float
+    t_launch: float
+    host_s: float
+    """Time submit() took."""
+    bucket: int
+    expected_done: float
+    behind: bool
+    """Launched while another step was in flight."""
 
 
 @dataclass
@@ -109,15 +71,37 @@ class StepResult:
     outputs: list[FrameOut] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
+    def extend(self, other: StepResult) -> None:
+        self.outputs += other.outputs
+        self.events += other.events
+
 
 class EngineCore:
     """Session-aware wrapper that the bridge steps. One step = one batch."""
 
-    def __init__(self, backend: Backend, stats: EngineStats | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        stats: EngineStats | None = None,
+        *,
+        runtime: RuntimeConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        runtime = runtime or RuntimeConfig()
         self.backend = backend
         self.stats = stats or EngineStats()
-        self._sessions: dict[str, _SessionState] = {}
-        self._inflight: _Inflight | None = None
+        self.clock = clock
+        self.sessions = SessionTable(backend, runtime.text_budget)
+        bucket_for: Callable[[int], int] = getattr(backend, "bucket_for", lambda rows: rows)
+        self.scheduler = Scheduler(runtime.schedule, self.max_batch, bucket_for, backend.pipelined)
+        self._inflight: deque[_Inflight] = deque()
+        self._last_collected: float | None = None
+        self._faults_in_a_row = 0
+
+    def configure(self, runtime: RuntimeConfig) -> None:
+        """Apply the scheduling settings (the engine client does this after building)."""
+        self.scheduler.policy = runtime.schedule
+        self.sessions.text_budget = runtime.text_budget
 
     @property
     def info(self) -> EngineInfo:
@@ -129,77 +113,46 @@ class EngineCore:
 
     @property
     def session_ids(self) -> list[str]:
-        return list(self._sessions)
+        return self.sessions.ids
+
+    @property
+    def has_inflight(self) -> bool:
+        return bool(self._inflight)
 
     def warmup(self, progress: Callable[[str], None] = lambda _msg: None) -> None:
         self.backend.warmup(progress)
 
-    # ---- commands -----------------------------------------------------------------
+    # ---- commands -------------------------------------------------------------------------
 
     def execute(self, cmd: Command) -> list[Event]:
         if isinstance(cmd, AddSession):
-            return self._add(cmd)
+            return self.sessions.add(cmd)
         if isinstance(cmd, RemoveSession):
-            if self._sessions.pop(cmd.session_id, None) is not None:
-                self.backend.close_session(cmd.session_id)
+            self.sessions.remove(cmd.session_id)
             return []
         if isinstance(cmd, SetPrompt):
-            return self._set_prompt(cmd)
+            return self.sessions.set_prompt(cmd)
         if isinstance(cmd, SetAdapterStrength):
-            if cmd.session_id not in self._sessions:
-                return [SessionError(cmd.session_id, "unknown_session", "session is not open", cmd.seq)]
-            try:
-                self.backend.set_adapter_strength(cmd.session_id, cmd.value)
-            except AdapterUnavailable as exc:
-                return [SessionError(cmd.session_id, "adapter_unavailable", str(exc), cmd.seq)]
-            return []
+            return self.sessions.set_adapter_strength(cmd)
         raise TypeError(f"unknown engine command {type(cmd).__name__}")
 
-    def _add(self, cmd: AddSession) -> list[Event]:
-        if cmd.session_id in self._sessions:
-            return []
-        events: list[Event] = []
-        prompt = cmd.prompt
-        try:
-            self.backend.check_prompt(prompt)
-        except PromptRejected as exc:
-            # Start with an empty edit instead of refusing the whole session.
-            events.append(SessionError(cmd.session_id, "prompt_invalid", exc.message))
-            prompt = ""
-        self.backend.open_session(cmd.session_id, prompt)
-        self._sessions[cmd.session_id] = _SessionState()
-        return events
+    # ---- stepping -------------------------------------------------------------------------
 
-    def _set_prompt(self, cmd: SetPrompt) -> list[Event]:
-        state = self._sessions.get(cmd.session_id)
-        if state is None:
-            return [SessionError(cmd.session_id, "unknown_session", "session is not open", cmd.seq)]
-        try:
-            self.backend.check_prompt(cmd.prompt)
-        except PromptRejected as exc:
-            code = "prompt_too_long" if exc.code == "prompt_too_long" else "prompt_invalid"
-            return [SessionError(cmd.session_id, code, exc.message, cmd.seq)]  # type: ignore[arg-type]
-        self.backend.set_prompt(cmd.session_id, cmd.prompt)
-        state.prompt_seq = cmd.seq
-        state.pending_applied = (cmd.seq, cmd.t_received)
-        return []
+    def plan(self, waiting: Sequence[FrameIn], arrivals: Mapping[str, Arrival]) -> Decision:
+        """What the engine thread should do next, given the frames waiting in the slots."""
+        admitted = self.sessions.admit(waiting)
+        return self.scheduler.decide(self.clock(), admitted, [i.expected_done for i in self._inflight], arrivals)
 
-    # ---- stepping -----------------------------------------------------------------
-
-    @property
-    def has_inflight(self) -> bool:
-        return self._inflight is not None
-
-    def step(self, frames: Sequence[FrameIn], *, one_per_session: bool = True) -> StepResult:
+    def launch(self, frames: Sequence[FrameIn], *, one_per_session: bool = True) -> StepResult:
         """Submit the frames as one batch (at most one per session unless one_per_session
-        is False: clip mode, B consecutive frames of one stream) and return what finished:
-        this batch for a synchronous backend, the previous one for a pipelined backend."""
+        is False: clip mode, B consecutive frames of one stream). A synchronous backend's
+        batch is finished here; a pipelined one's stays in flight until collect()."""
         result = StepResult()
         batch: list[FrameIn] = []
         seen: set[str] = set()
-        for frame in frames:
-            if frame.session_id not in self._sessions or (one_per_session and frame.session_id in seen):
-                continue  # removed meanwhile, or a caller bug: never two per session
+        for frame in self.sessions.admit(frames):
+            if one_per_session and frame.session_id in seen:
+                continue  # a caller bug: never two per session
             problem = _frame_problem(frame.image)
             if problem:
                 result.events.append(SessionError(frame.session_id, "bad_frame", problem))
@@ -208,46 +161,94 @@ class EngineCore:
             batch.append(frame)
         if len(batch) > self.max_batch:
             raise ValueError(f"step got {len(batch)} frames; max_batch is {self.max_batch}")
+        if not batch:
+            return result
+        seqs, events = self.sessions.begin_step(batch)
+        result.events += events
+        behind = self._inflight[-1].expected_done if self._inflight else None
+        t0 = self.clock()
+        try:
+            ticket = self._call(self.backend.submit, batch)
+        except _Transient as exc:
+            result.extend(self._drop_inflight(exc, batch))
+            return result
+        bucket = self.scheduler.bucket_for(len(batch))
+        expected = self.scheduler.expected_done(t0, bucket, behind)
+        self._inflight.append(
+            _Inflight(batch, seqs, ticket, t0, self.clock() - t0, bucket, expected, behind is not None)
+        )
+        if not self.backend.pipelined:
+            result.extend(self.collect())
+        return result
 
-        launched = None
-        if batch:
-            seqs = [self._sessions[f.session_id].prompt_seq for f in batch]
-            t0 = time.monotonic()
-            launched = _Inflight(batch, seqs, self._guard(self.backend.submit, batch), t0)
-        ready = [self._inflight] if self._inflight is not None else []
-        self._inflight = None
-        if launched is not None:
-            if self.backend.pipelined:
-                self._inflight = launched
-            else:
-                ready.append(launched)
-        for done in ready:
-            self._finish(done, result)
+    def collect(self) -> StepResult:
+        """Wait for the oldest step in flight, if any."""
+        if not self._inflight:
+            return StepResult()
+        done = self._inflight.popleft()
+        try:
+            images = self._call(self.backend.collect, done.ticket)
+        except _Transient as exc:
+            return self._drop_inflight(exc, done.frames)
+        self._faults_in_a_row = 0
+        return self._finish(done, images)
+
+    def step(self, frames: Sequence[FrameIn], *, one_per_session: bool = True) -> StepResult:
+        """Launch the frames and return what finished: this batch for a synchronous
+        backend, the previous one for a pipelined backend (clip mode and tests)."""
+        result = self.launch(frames, one_per_session=one_per_session)
+        while len(self._inflight) > 1:
+            result.extend(self.collect())
         return result
 
     def flush(self) -> StepResult:
-        """Wait for the batch in flight, if any."""
+        """Wait for every batch in flight."""
         result = StepResult()
-        if self._inflight is not None:
-            done, self._inflight = self._inflight, None
-            self._finish(done, result)
+        while self._inflight:
+            result.extend(self.collect())
         return result
 
-    @staticmethod
-    def _guard(fn: Callable[..., Any], *args: Any) -> Any:
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
         except Exception as exc:
-            raise EngineFatalError(f"{type(exc).__name__}: {exc}") from exc
+            recover = getattr(self.backend, "recover", None)
+            try:
+                recovered = bool(recover(exc)) if recover is not None else False
+            except Exception as again:  # noqa: BLE001 - a failed recovery makes it fatal
+                raise EngineFatalError(f"{type(exc).__name__}: {exc} (and recovering failed: {again})") from exc
+            if not recovered:
+                raise EngineFatalError(f"{type(exc).__name__}: {exc}") from exc
+            self._faults_in_a_row += 1
+            if self._faults_in_a_row > MAX_TRANSIENT_IN_A_ROW:
+                raise EngineFatalError(
+                    f"{self._faults_in_a_row} transient errors in a row, the last: {type(exc).__name__}: {exc}"
+                ) from exc
+            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
 
-    def _finish(self, done: _Inflight, result: StepResult) -> None:
-        images = self._guard(self.backend.collect, done.ticket)
-        t_out = time.monotonic()
+    def _drop_inflight(self, exc: _Transient, frames: list[FrameIn]) -> StepResult:
+        """The backend dropped its in-flight state: so do we, and say how much was lost."""
+        lost = len(frames) + sum(len(i.frames) for i in self._inflight)
+        self._inflight.clear()
+        self.stats.transient_faults.inc()
+        self.stats.frames_lost.inc(lost)
+        log.warning("engine recovered from %s; %d frames dropped", exc, lost)
+        return StepResult(events=[TransientFault(str(exc), lost)])
+
+    def _finish(self, done: _Inflight, images: list[np.ndarray]) -> StepResult:
+        t_out = self.clock()
         if len(images) != len(done.frames):
             raise EngineFatalError(f"backend returned {len(images)} images for {len(done.frames)} frames")
+        serial = None if done.behind else t_out - done.t_launch
+        chained = t_out - self._last_collected if done.behind and self._last_collected is not None else None
+        self.scheduler.costs.observe(done.bucket, serial=serial, chained=chained, host=done.host_s)
+        self._last_collected = t_out
         self.stats.steps.inc()
-        self.stats.step_ms.observe((t_out - done.t_submit) * 1000)
+        if done.behind:
+            self.stats.steps_overlapped.inc()
+        self.stats.step_ms.observe((t_out - done.t_launch) * 1000)
         self.stats.batch_size.observe(len(done.frames))
+        result = StepResult()
         for frame, seq, image in zip(done.frames, done.prompt_seqs, images, strict=True):
             result.outputs.append(
                 FrameOut(
@@ -261,19 +262,15 @@ class EngineCore:
                 )
             )
             self.stats.frame_latency_ms.observe((t_out - frame.t_in) * 1000)
-            state = self._sessions.get(frame.session_id)
-            if state is not None and state.pending_applied is not None and seq >= state.pending_applied[0]:
-                pending_seq, t_received = state.pending_applied
-                state.pending_applied = None
-                latency_ms = (t_out - t_received) * 1000
-                self.stats.prompt_apply_ms.observe(latency_ms)
-                result.events.append(PromptApplied(frame.session_id, pending_seq, latency_ms))
+            applied = self.sessions.applied(frame.session_id, seq, t_out)
+            if applied is not None:
+                self.stats.prompt_apply_ms.observe(applied.latency_ms)
+                result.events.append(applied)
         self.stats.frames_out.inc(len(done.frames))
+        return result
 
     def close(self) -> None:
-        for sid in list(self._sessions):
-            self.backend.close_session(sid)
-        self._sessions.clear()
+        self.sessions.close_all()
         self.backend.close()
 
 
@@ -286,3 +283,13 @@ def _frame_problem(image: object) -> str | None:
     if not (MIN_FRAME_SIDE <= h <= MAX_FRAME_SIDE and MIN_FRAME_SIDE <= w <= MAX_FRAME_SIDE):
         return f"frame size {w}x{h} is outside {MIN_FRAME_SIDE}..{MAX_FRAME_SIDE} pixels per side"
     return None
+
+
+__all__ = [
+    "AdapterUnavailable",
+    "Backend",
+    "EngineCore",
+    "EngineFatalError",
+    "PromptRejected",
+    "StepResult",
+]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.client import EngineSpec
@@ -23,14 +24,15 @@ class EngineUnavailableAtStart(RuntimeError):
 
 
 def preview_spec(config: EngineConfig, reason: str) -> EngineSpec:
-    backend = PreviewBackend(
-        size=config.size, max_batch=config.max_batch, max_prompt_chars=config.max_prompt_chars, reason=reason
-    )
+    def backend() -> PreviewBackend:
+        return PreviewBackend(
+            size=config.size, max_batch=config.max_batch, max_prompt_chars=config.max_prompt_chars, reason=reason
+        )
 
-    def build(stats: EngineStats) -> EngineCore:
-        return EngineCore(backend, stats)
+    def build(stats: EngineStats, progress: Callable[[str], None]) -> EngineCore:
+        return EngineCore(backend(), stats)  # a fresh backend per build: a rebuild shares nothing
 
-    return EngineSpec(info=backend.info, build=build)
+    return EngineSpec(info=backend().info, build=build)
 
 
 def torch_device(config: EngineConfig) -> tuple[Any, str | None]:
@@ -67,7 +69,7 @@ def diffusion_spec(config: EngineConfig, device: Any, reason: str) -> EngineSpec
         ),
     )
 
-    def build(stats: EngineStats) -> EngineCore:
+    def build(stats: EngineStats, progress: Callable[[str], None]) -> EngineCore:
         import torch
 
         from pipeline.diffusion.backend import DiffusionBackend

@@ -50,6 +50,8 @@ class FrameOut:
 class AddSession:
     session_id: str
     prompt: str
+    seq: int = 0
+    """seq of `prompt` (non-zero when a session is re-attached to a rebuilt engine)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ ErrorCode = Literal[
     "prompt_invalid",
     "bad_frame",
     "unknown_session",
+    "session_failed",
+    "engine_restarting",
     "engine_failed",
 ]
 
@@ -110,12 +114,21 @@ class SessionError:
 
 @dataclass(frozen=True, slots=True)
 class EngineFailed:
-    """A fatal error: the engine is dead and every session must be told."""
+    """The engine gave up for good (no more restarts): every session must be told."""
 
     message: str
 
 
-Event = PromptApplied | SessionError | EngineFailed
+@dataclass(frozen=True, slots=True)
+class TransientFault:
+    """The backend recovered from an error (e.g. out of GPU memory) by dropping the
+    frames of the steps in flight; the engine keeps running."""
+
+    message: str
+    frames_lost: int
+
+
+Event = PromptApplied | SessionError | EngineFailed | TransientFault
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,14 @@ class EngineStats:
     frame_latency_ms: Histogram = field(default_factory=Histogram)
     """Frame handed to the engine -> stylized frame ready (per frame)."""
     prompt_apply_ms: Histogram = field(default_factory=Histogram)
+    steps_overlapped: Counter = field(default_factory=Counter)
+    """Steps launched while another was still in flight."""
+    prompts_coalesced: Counter = field(default_factory=Counter)
+    """Prompt changes replaced by a newer one of the same session before the engine took them."""
+    transient_faults: Counter = field(default_factory=Counter)
+    """Backend errors recovered from by dropping the steps in flight (e.g. out of GPU memory)."""
+    frames_lost: Counter = field(default_factory=Counter)
+    """Frames dropped with the steps of a transient fault."""
 
 
 class RateWindow:

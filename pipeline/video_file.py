@@ -47,9 +47,12 @@ def stylize_file(
     on_progress: Callable[[int], None] = lambda _n: None,
     total_hint: Callable[[int | None], None] = lambda _n: None,
 ) -> FileResult:
-    core = spec.build(EngineStats())
+    def progress(msg: str) -> None:
+        log.info("warm-up: %s", msg)
+
+    core = spec.build(EngineStats(), progress)
     try:
-        core.warmup(lambda msg: log.info("warm-up: %s", msg))
+        core.warmup(progress)
         for event in core.execute(AddSession(SESSION, prompt)):
             if isinstance(event, SessionError):
                 raise ValueError(f"prompt refused: {event.message}")

@@ -51,7 +51,7 @@ def create_app(config: ServerConfig, engine_spec: EngineSpec | None = None) -> w
 
 async def _engine_and_sessions(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    engine = EngineClient(app[ENGINE_SPEC])
+    engine = EngineClient(app[ENGINE_SPEC], runtime=config.runtime)
     engine.start()
     registry = SessionRegistry(
         engine,
@@ -103,15 +103,17 @@ async def offer(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """status (ok, warming_up, degraded, restarting, unhealthy), reason, progress (warm-up
+    detail), restart and transient-fault counts; 503 only when unhealthy."""
     engine, registry = request.app[ENGINE], request.app[REGISTRY]
-    status = {"ready": "ok", "starting": "warming_up", "warming_up": "warming_up"}.get(engine.state, "unhealthy")
+    health = engine.health.snapshot()
     body = {
-        "status": status,
+        **health,
         "engine": {**engine_json(engine.info, engine.state), "error": engine.failure or None},
         "sessions": len(registry),
         "capacity": registry.max_sessions,
     }
-    return web.json_response(body, status=503 if status == "unhealthy" else 200)
+    return web.json_response(body, status=503 if health["status"] == "unhealthy" else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:

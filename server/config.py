@@ -24,6 +24,7 @@ from pipeline.config import (
     DiffusionConfig,
     EngineConfig,
 )
+from pipeline.runtime import SCHEDULES, RuntimeConfig
 from server.access import read_tokens_file
 from server.turn import TurnConfig
 from signaling.ice import IceServer
@@ -73,6 +74,9 @@ class ServerConfig:
     """Lifetime of a watch link (it also ends when the broadcaster leaves or revokes it)."""
     turn: TurnConfig | None = None
     """TURN server with a shared secret: pages get short-lived credentials for it."""
+    # ---- engine runtime (engine-faults) ----
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """Step scheduling, the per-step text budget, the step watchdog and engine restarts."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -201,7 +205,41 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--turn-secret", help="the TURN server's static-auth-secret (LIVESTYLE_TURN_SECRET)")
     g.add_argument("--turn-ttl", type=int, help="seconds a TURN credential stays valid (default 3600)")
     add_engine_arguments(p)
+    _add_runtime_arguments(p)
     return p
+
+
+def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    d = RuntimeConfig()
+    g = p.add_argument_group("engine scheduling and faults")
+    g.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help=f"when steps launch: auto | pipelined | serial (LIVESTYLE_SCHEDULE, default {d.schedule})",
+    )
+    g.add_argument(
+        "--text-budget",
+        type=int,
+        help="sessions per step given a prompt change or their first conditioning "
+        f"(LIVESTYLE_TEXT_BUDGET, default {d.text_budget})",
+    )
+    g.add_argument(
+        "--step-timeout",
+        type=float,
+        help=f"seconds before a running step counts as hung (LIVESTYLE_STEP_TIMEOUT, default {d.step_timeout_s:g})",
+    )
+    g.add_argument(
+        "--engine-restarts",
+        type=int,
+        help="engine rebuilds after consecutive failures before giving up, 0 = never "
+        f"(LIVESTYLE_ENGINE_RESTARTS, default {d.restart_limit})",
+    )
+    g.add_argument(
+        "--restart-backoff",
+        type=float,
+        help="seconds before the first rebuild, doubled per further failure "
+        f"(LIVESTYLE_RESTART_BACKOFF, default {d.restart_backoff_s:g})",
+    )
 
 
 # argparse dest -> (environment variable, type, field of the config dataclass)
@@ -238,6 +276,14 @@ _DIFFUSION_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "lllite_blocks": ("LIVESTYLE_LLLITE_BLOCKS", str, "lllite_blocks"),
     "lllite_refresh": ("LIVESTYLE_LLLITE_REFRESH", int, "lllite_refresh"),
     "adapter_strength": ("LIVESTYLE_ADAPTER_STRENGTH", float, "adapter_strength"),
+}
+
+_RUNTIME_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "schedule": ("LIVESTYLE_SCHEDULE", str, "schedule"),
+    "text_budget": ("LIVESTYLE_TEXT_BUDGET", int, "text_budget"),
+    "step_timeout": ("LIVESTYLE_STEP_TIMEOUT", float, "step_timeout_s"),
+    "engine_restarts": ("LIVESTYLE_ENGINE_RESTARTS", int, "restart_limit"),
+    "restart_backoff": ("LIVESTYLE_RESTART_BACKOFF", float, "restart_backoff_s"),
 }
 
 
@@ -290,6 +336,7 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -
         values["turn"] = TurnConfig(
             urls=tuple(u.strip() for u in turn_urls), secret=turn_secret, ttl_s=args.turn_ttl or 3600
         )
+    values["runtime"] = RuntimeConfig(**_collect(args, env, _RUNTIME_FIELDS))  # type: ignore[arg-type]
     return ServerConfig(engine=engine_config(args, env), **values)  # type: ignore[arg-type]
 
 

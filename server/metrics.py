@@ -11,8 +11,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from pipeline.client import EngineClient
+from pipeline.health import HEALTH_STATUSES
 from pipeline.stats import Histogram
 from signaling.registry import SessionRegistry
+
+REASON_CHARS = 200
+"""Longest reason label (a label value is kept by Prometheus per distinct string)."""
 
 
 def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
@@ -34,6 +38,7 @@ class LivestyleCollector(Collector):
         up = GaugeMetricFamily("livestyle_engine_up", "1 while the engine is healthy", labels=["kind", "state"])
         up.add_metric([self.engine.info.kind, self.engine.state], 1.0 if self.engine.healthy else 0.0)
         yield up
+        yield from self._health()
         yield CounterMetricFamily("livestyle_sessions_created", "Sessions negotiated", value=s.sessions_created.value)
         yield CounterMetricFamily(
             "livestyle_sessions_rejected",
@@ -49,6 +54,17 @@ class LivestyleCollector(Collector):
         )
         yield CounterMetricFamily("livestyle_frames_sent", "Stylized frames sent", value=s.frames_sent.value)
         yield CounterMetricFamily("livestyle_engine_steps", "Engine steps (batches)", value=e.steps.value)
+        yield CounterMetricFamily(
+            "livestyle_engine_steps_overlapped", "Steps launched behind one in flight", value=e.steps_overlapped.value
+        )
+        yield CounterMetricFamily(
+            "livestyle_prompts_coalesced",
+            "Prompt changes replaced by a newer one before the engine took them",
+            value=e.prompts_coalesced.value,
+        )
+        yield CounterMetricFamily(
+            "livestyle_frames_lost", "Frames dropped with the steps of a transient fault", value=e.frames_lost.value
+        )
         yield _histogram("livestyle_engine_step_ms", "Engine step duration (ms)", e.step_ms)
         yield _histogram("livestyle_engine_batch_size", "Frames per engine step", e.batch_size)
         yield _histogram("livestyle_frame_latency_ms", "Frame handed to engine -> stylized (ms)", e.frame_latency_ms)
@@ -57,6 +73,27 @@ class LivestyleCollector(Collector):
         )
         yield _histogram(
             "livestyle_encode_ms", "Stylized frame handed to the encoder -> next request (ms)", s.encode_ms
+        )
+
+    def _health(self) -> Iterator[Metric]:
+        health = self.engine.health
+        status = health.status
+        states = GaugeMetricFamily(
+            "livestyle_engine_health", "1 for the engine's current health status", labels=["status"]
+        )
+        for name in HEALTH_STATUSES:
+            states.add_metric([name], 1.0 if name == status else 0.0)
+        yield states
+        info = GaugeMetricFamily(
+            "livestyle_engine_health_info", "The current health status and its reason", labels=["status", "reason"]
+        )
+        info.add_metric([status, health.reason[:REASON_CHARS]], 1.0)
+        yield info
+        yield CounterMetricFamily("livestyle_engine_restarts", "Engine rebuilds after a failure", value=health.restarts)
+        yield CounterMetricFamily(
+            "livestyle_engine_transient_faults",
+            "Backend errors recovered from without a rebuild (e.g. out of GPU memory)",
+            value=health.transient_faults,
         )
 
 

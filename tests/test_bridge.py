@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from fakes import FakeBackend, fake_spec
 
-from pipeline.client import EngineClient, EngineUnavailable
+from pipeline.client import EngineClient, EngineSpec, EngineUnavailable
+from pipeline.core import EngineCore
 from pipeline.messages import EngineFailed, PromptApplied, SessionError
+from pipeline.runtime import RuntimeConfig
 
 pytestmark = pytest.mark.bridge
 
@@ -18,8 +20,8 @@ TB = Fraction(1, 90000)
 IMAGE = np.zeros((32, 32, 3), np.uint8)
 
 
-async def started(backend: FakeBackend) -> EngineClient:
-    client = EngineClient(fake_spec(backend))
+async def started(backend: FakeBackend, **runtime) -> EngineClient:
+    client = EngineClient(fake_spec(backend), runtime=RuntimeConfig(**runtime))
     client.start()
     await client.wait_ready(5)
     return client
@@ -90,9 +92,9 @@ async def test_prompts_apply_in_order_and_report_latency():
     await client.aclose()
 
 
-async def test_engine_failure_reaches_sessions_and_health():
+async def test_engine_failure_with_restarts_off_reaches_sessions_and_health():
     backend = FakeBackend()
-    client = await started(backend)
+    client = await started(backend, restart_limit=0)
     session = client.open_session("s", "p")
     backend.fail_next_step = RuntimeError("CUDA out of memory")
     session.submit(IMAGE, 1, TB)
@@ -130,10 +132,10 @@ async def test_aclose_stops_the_thread_and_closes_sessions():
     backend = FakeBackend()
     client = await started(backend)
     session = client.open_session("s", "p")
-    before = {t.name for t in threading.enumerate()}
-    assert "engine" in before
+    engine_threads = lambda: [t for t in threading.enumerate() if t.name.startswith("engine")]  # noqa: E731
+    assert len(engine_threads()) == 1
     await client.aclose()
-    assert "engine" not in {t.name for t in threading.enumerate()}
+    assert engine_threads() == []
     assert backend.closed and client.state == "closed"
     with pytest.raises(Exception):  # noqa: B017 - SessionClosed
         await asyncio.wait_for(session.recv(), 1)
@@ -153,3 +155,75 @@ async def test_pipelined_core_adds_no_latency_when_idle():
         await asyncio.sleep(0.03)
     await client.aclose()
     assert max(latencies) < 50
+
+
+async def test_a_prompt_flood_is_coalesced_and_the_victim_keeps_streaming():
+    """5000 distinct prompts from one session in a burst: the engine takes a handful (the
+    newest each time it looks), the other session's frames keep coming, and the flooder
+    gets prompt_applied for its last seq with a frame made with that prompt."""
+    backend = FakeBackend(step_delay=0.005)
+    client = await started(backend)
+    victim, flood = client.open_session("victim", "vv"), client.open_session("flood", "f")
+    got: list[float] = []
+
+    async def watch():
+        while True:
+            await victim.recv()
+            got.append(time.monotonic())
+
+    watcher = asyncio.create_task(watch())
+    for k in range(10):
+        victim.submit(IMAGE, k, TB)
+        await asyncio.sleep(0.01)
+    before = len(got)
+    t0 = time.monotonic()
+    for seq in range(1, 5001):
+        flood.set_prompt("p" * (1 + seq % 40), seq)
+        if seq % 500 == 0:  # the flood interleaves with the victim's camera
+            victim.submit(IMAGE, 100 + seq, TB)
+            flood.submit(IMAGE, 100 + seq, TB)
+            await asyncio.sleep(0)
+    for k in range(20):
+        victim.submit(IMAGE, 20_000 + k, TB)
+        flood.submit(IMAGE, 20_000 + k, TB)
+        await asyncio.sleep(0.01)
+    events = []
+    while not any(isinstance(e, PromptApplied) and e.seq == 5000 for e in events):
+        events.append(await asyncio.wait_for(flood.next_event(), 5))
+    out = await asyncio.wait_for(flood.recv(), 2)
+    watcher.cancel()
+    await client.aclose()
+    print(f"\nflood: engine took {backend.set_prompt_calls} of 5000 prompts; victim {len(got) - before} frames")
+    assert backend.set_prompt_calls < 100
+    assert client.stats.prompts_coalesced.value > 4900
+    assert out.prompt_seq == 5000 and int(out.image[0, 0, 0]) == 1 + 5000 % 40
+    assert len(got) - before >= 15  # the victim streamed on through the flood
+    gaps = np.diff([t for t in got if t >= t0])
+    assert gaps.max() < 1.0, gaps.max()
+
+
+async def test_warmup_progress_reaches_the_loop_latest_first():
+    backend = FakeBackend()
+    gate = threading.Event()
+    seen: list[str] = []
+
+    def build(stats, progress):
+        for pct in range(0, 101, 5):
+            progress(f"downloading weights {pct}%")
+        gate.wait(5)
+        return EngineCore(backend, stats)
+
+    client = EngineClient(EngineSpec(info=backend.info, build=build))
+    client.start()
+    for _ in range(200):
+        if client.health.progress:
+            seen.append(client.health.progress)
+        if seen and seen[-1].endswith("100%"):
+            break
+        await asyncio.sleep(0.01)
+    assert client.state == "warming_up" and client.health.status == "warming_up"
+    assert seen[-1] == "downloading weights 100%"
+    gate.set()
+    await client.wait_ready(5)
+    assert client.health.status == "ok" and client.health.progress == ""
+    await client.aclose()

@@ -47,6 +47,6 @@ def test_local_directory_without_model_index_is_refused(tmp_path):
 def test_tiny_model_runs_the_diffusion_engine_on_cpu():
     spec = resolve_engine(EngineConfig(kind="auto", model="tiny", max_batch=2))
     assert spec.info.kind == "diffusion" and spec.info.model == "tiny" and "cpu" in spec.info.reason
-    core = spec.build(__import__("pipeline.stats", fromlist=["EngineStats"]).EngineStats())
+    core = spec.build(__import__("pipeline.stats", fromlist=["EngineStats"]).EngineStats(), lambda _msg: None)
     assert core.info.kind == "diffusion"
     core.close()

@@ -11,6 +11,7 @@ from aiortc import RTCPeerConnection
 from fakes import FakeBackend, fake_spec
 
 from pipeline.config import EngineConfig
+from pipeline.runtime import RuntimeConfig
 from server.app import ENGINE, REGISTRY, create_app
 from server.config import ServerConfig
 
@@ -137,7 +138,7 @@ async def test_full_server_answers_503_and_frees_the_place_on_close(make_client)
 
 async def test_engine_failure_turns_health_unhealthy_and_offers_503(make_client):
     backend = FakeBackend()
-    client = await make_client(backend)
+    client = await make_client(backend, runtime=RuntimeConfig(restart_limit=0))  # no restarts: fails for good
     engine = client.app[ENGINE]
     session = engine.open_session("probe", "p")
     backend.fail_next_step = RuntimeError("GPU fell off the bus")

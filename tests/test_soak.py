@@ -1,0 +1,108 @@
+"""A bounded soak (#15 part 7): about a minute of sequential and concurrent real aiortc
+sessions against the in-process preview-engine server (connect, stream, change the
+prompt, leave). Afterwards the server holds no session, and open files, threads, tasks
+and memory are back to the baseline measured after a warm-up round, within a tolerance."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import os
+import threading
+import time
+
+import pytest
+from aiohttp import ClientSession
+from lean_client import LeanClient
+from media import ClipTrack, davis_clip, ping_pong
+
+from pipeline.client import EngineSession
+from pipeline.messages import FrameIn, FrameOut
+from server.keys import ENGINE, REGISTRY
+from signaling.session import Session
+
+pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(240)]
+
+SEQUENTIAL_S, CONCURRENT_S, CONCURRENCY = 25.0, 30.0, 3
+FD_SLACK, THREAD_SLACK, RSS_SLACK_MB = 8, 2, 60
+
+
+def resources() -> dict[str, float]:
+    gc.collect()
+    # Hand freed heap pages back to the OS, so RSS shows what is still allocated rather
+    # than the allocator's high-water mark (glibc keeps freed memory in its arenas).
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/status") as f:
+        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return {
+        "fds": len(os.listdir("/proc/self/fd")),
+        "threads": threading.active_count(),
+        "native_threads": len(os.listdir("/proc/self/task")),
+        "tasks": len(asyncio.all_tasks()),
+        "rss_mb": rss_kb / 1024,
+    }
+
+
+def live(kind: type) -> int:
+    gc.collect()
+    return sum(isinstance(o, kind) for o in gc.get_objects())
+
+
+async def one_session(http: ClientSession, base: str, clip, seconds: float, n: int) -> int:
+    client = LeanClient(base, ClipTrack(clip, fps=30), prompt=f"style {n}")
+    try:
+        await client.connect(http)
+        await client.wait_frames(5, timeout=20)
+        client.send(type="set_prompt", prompt=f"watercolor {n}", seq=1)
+        await asyncio.sleep(seconds)
+        return len(client.seen)
+    finally:
+        await client.close()
+
+
+async def wait_empty(registry, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(registry) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+
+
+async def test_sequential_and_concurrent_sessions_leave_nothing_behind(preview_server):
+    clip = ping_pong(davis_clip("blackswan"))
+    srv, base = await preview_server(max_sessions=CONCURRENCY + 1)
+    registry, engine = srv.app[REGISTRY], srv.app[ENGINE]
+    async with ClientSession() as http:
+        # Warm-up: codecs, executor threads and caches a first round of sessions allocates.
+        await asyncio.gather(*(one_session(http, base, clip, 1.0, i) for i in range(CONCURRENCY)))
+        await wait_empty(registry)
+        baseline = resources()
+        sessions = frames = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < SEQUENTIAL_S:
+            frames += await one_session(http, base, clip, 1.5, sessions)
+            sessions += 1
+        t1 = time.monotonic()
+        middle = resources()
+
+        async def worker(w: int) -> None:
+            nonlocal sessions, frames
+            await asyncio.sleep(w * 0.7)  # staggered: sessions come and go while others stream
+            while time.monotonic() - t1 < CONCURRENT_S:
+                frames += await one_session(http, base, clip, 2.0 + w, 100 * w + sessions)
+                sessions += 1
+
+        await asyncio.gather(*(worker(w) for w in range(CONCURRENCY)))
+        await wait_empty(registry)
+    await asyncio.sleep(0.5)  # let closed peer connections finish their last callbacks
+    after = resources()
+    print(f"\nsoak: {sessions} sessions, {frames} frames received in {time.monotonic() - t0:.0f} s")
+    print("  " + ", ".join(f"{k} {baseline[k]:g} -> {middle[k]:g} -> {after[k]:g}" for k in baseline))
+    assert sessions >= 12 and frames >= sessions * 5
+    assert len(registry) == 0 and engine._sessions == {} and engine.healthy
+    assert live(Session) == 0 and live(EngineSession) == 0  # nothing holds a finished session
+    assert live(FrameIn) == 0 and live(FrameOut) == 0  # nor a frame of one (slots emptied)
+    assert after["fds"] <= baseline["fds"] + FD_SLACK
+    assert after["threads"] <= baseline["threads"] + THREAD_SLACK
+    assert after["native_threads"] <= baseline["native_threads"] + THREAD_SLACK
+    assert after["tasks"] <= baseline["tasks"]
+    assert after["rss_mb"] <= baseline["rss_mb"] + RSS_SLACK_MB
