@@ -9,13 +9,11 @@ import hashlib
 import hmac
 import logging
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from aiohttp import ClientSession
-from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from http_support import SdpPeer
 from media import MARK_Y, ClipTrack, LoopbackClient, davis_clip, ping_pong, read_stamp
 
 from server.app import REGISTRY
@@ -29,56 +27,6 @@ TOKEN = "s3cret-token-0123456789"
 @pytest.fixture(scope="module")
 def clip():
     return ping_pong(davis_clip("blackswan"))
-
-
-@dataclass
-class SdpPeer:
-    """A plain-SDP-over-HTTP peer (what OBS or a WHEP player is to the server)."""
-
-    pc: RTCPeerConnection = field(default_factory=RTCPeerConnection)
-    frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
-    location: str | None = None
-    headers: dict = field(default_factory=dict)
-    _tasks: list[asyncio.Task] = field(default_factory=list)
-
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        async def read() -> None:
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
-                self.frames.append((time.monotonic(), frame.to_ndarray(format="rgb24")))
-
-        self._tasks.append(asyncio.create_task(read()))
-
-    async def post(self, http: ClientSession, url: str, auth: str | None = None) -> tuple[int, object]:
-        self.pc.on("track", self._on_track)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        headers = {"Content-Type": "application/sdp"}
-        if auth:
-            headers["Authorization"] = f"Bearer {auth}"
-        async with http.post(url, data=self.pc.localDescription.sdp, headers=headers) as resp:
-            self.headers = dict(resp.headers)
-            if resp.status != 201:
-                return resp.status, await resp.json()
-            assert resp.content_type == "application/sdp"
-            answer = await resp.text()
-            self.location = resp.headers["Location"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-        return 201, answer
-
-    async def wait_frames(self, count: int, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.frames) < count:
-            assert time.monotonic() < deadline, f"got {len(self.frames)} of {count} frames"
-            await asyncio.sleep(0.05)
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.pc.close()
 
 
 def viewer() -> SdpPeer:
