@@ -21,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from pipeline.config import EngineConfig
 from server.app import create_app, server_options
 from server.config import ServerConfig
+from server.keys import ENGINE
 
 OFFERS = json.loads((Path(__file__).parent / "data" / "chromium-offers.json").read_text())
 
@@ -56,36 +57,44 @@ def parse_response(data: bytes) -> tuple[int | None, dict[str, str], bytes]:
 async def raw_exchange(
     port: int, chunks: list[bytes], *, pause: float = 0.0, read_timeout: float = 15.0, close_early: bool = False
 ) -> RawResponse:
-    """Send `chunks` (pausing between them), then read until the server closes. close_early:
-    hang up right after the last chunk instead (a client that vanishes mid-request)."""
+    """Send `chunks` (pausing between them) while reading whatever the server answers, until
+    it closes. close_early: hang up right after the last chunk (a client that vanishes)."""
     started = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    data = b""
+    received = bytearray()
+
+    async def read() -> bool:
+        try:
+            while chunk := await reader.read(65536):
+                received.extend(chunk)
+        except ConnectionError:
+            pass
+        return True
+
+    reading = asyncio.create_task(read())
     closed = False
     try:
         for i, chunk in enumerate(chunks):
+            if reading.done():
+                break  # the server answered and closed while we were still sending
             if i and pause:
                 await asyncio.sleep(pause)
             try:
                 writer.write(chunk)
                 await writer.drain()
             except ConnectionError:
-                closed = True  # the server gave up on us while we were still sending
                 break
         if close_early:
+            reading.cancel()
             return RawResponse(None, {}, b"", time.monotonic() - started, False)
         try:
-            async with asyncio.timeout(read_timeout):
-                while chunk := await reader.read(65536):
-                    data += chunk
-            closed = True
+            closed = await asyncio.wait_for(asyncio.shield(reading), read_timeout)
         except TimeoutError:
             pass
-        except ConnectionError:
-            closed = True
     finally:
+        reading.cancel()
         writer.close()
-    status, headers, body = parse_response(data)
+    status, headers, body = parse_response(bytes(received))
     return RawResponse(status, headers, body, time.monotonic() - started, closed)
 
 
@@ -131,6 +140,7 @@ async def start_edge_server(**config: object) -> tuple[TestServer, ServerWatch]:
     loop.set_exception_handler(lambda _loop, context: watch.loop_errors.append(str(context.get("exception"))))
     server = TestServer(create_app(cfg), host="127.0.0.1")
     await server.start_server(**server_options(cfg))
+    await server.app[ENGINE].wait_ready(10)
     original_close = server.close
 
     async def close() -> None:

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 from aiohttp import ClientSession
+from browser_support import LiveServer
 from http_support import OFFERS, SdpPeer, raw_exchange, request_bytes, start_edge_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -364,3 +365,128 @@ async def test_after_the_fuzz_the_live_resources_still_delete(live_resources):
         assert response.status == 200, response.body
     await assert_still_serving(server.port)
     assert len(server.app[REGISTRY]) == 0 and not watch.problems()
+
+
+# ---- half-sent, truncated and oversized requests --------------------------------------------
+
+
+@pytest.fixture
+async def strict():
+    """Timeouts of a second, so half-sent requests show their fate quickly."""
+    server, watch = await start_edge_server(header_timeout_s=1.0, body_timeout_s=1.0, offer_rate_per_min=0)
+    yield server, watch
+    await server.close()
+
+
+CUT_OFF = 8.0  # far above the 1 s timeouts: a loaded machine is late, never early
+
+
+async def test_headers_that_trickle_in_are_cut_off(strict):
+    server, watch = strict
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+    response = await raw_exchange(server.port, [head[i : i + 1] for i in range(len(head))], pause=0.05)
+    print(f"slow headers: closed={response.closed} after {response.seconds:.2f} s")
+    assert response.closed and response.status is None
+    assert 0.9 <= response.seconds < CUT_OFF
+    idle = await raw_exchange(server.port, [b""], read_timeout=CUT_OFF)
+    print(f"idle connection: closed={idle.closed} after {idle.seconds:.2f} s")
+    assert idle.closed and idle.seconds < CUT_OFF
+    await assert_still_serving(server.port)
+    assert not watch.problems()
+
+
+@pytest.mark.parametrize("how", ["short", "trickle"])
+async def test_bodies_that_never_arrive_in_full_get_408(strict, how):
+    server, watch = strict
+    head = b"POST /offer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+    body = b'{"sdp": "v=0", "type": "offer"' + b" " * 300
+    chunks = [head, body[:40]] if how == "short" else [head, *(body[i : i + 1] for i in range(len(body)))]
+    response = await raw_exchange(server.port, chunks, pause=0.0 if how == "short" else 0.05, read_timeout=CUT_OFF)
+    print(f"{how} body: {response.status} closed={response.closed} after {response.seconds:.2f} s")
+    assert response.status == 408 and response.json()["error"]["code"] == "request_timeout"
+    assert response.closed and response.seconds < CUT_OFF
+    await assert_still_serving(server.port)
+    assert not watch.problems()
+
+
+@pytest.mark.parametrize(
+    ("head", "what"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", "a 20 KB header"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(300)) + b"\r\n", "300 headers"),
+        (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "a 20 KB path"),
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) + b"\r\n\r\n",
+            "a TLS hello on plain HTTP",
+        ),
+        (b"POST /offer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", "a negative Content-Length"),
+        (b"POST /offer HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "two lengths"),
+        (
+            b"POST /offer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "bad chunks",
+        ),
+        (
+            b"POST /offer HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n\x1f\x8b\x08\x00",
+            "gzip",
+        ),
+    ],
+)
+async def test_malformed_http_is_refused_without_a_traceback(strict, head, what):
+    server, watch = strict
+    response = await raw_exchange(server.port, [head], read_timeout=CUT_OFF)
+    print(f"{what}: {response.status} {response.body[:120]!r}")
+    assert response.status is not None and 400 <= response.status < 500, what
+    await assert_still_serving(server.port)
+    assert not watch.problems(), watch.problems()
+
+
+def _valid_requests() -> list[bytes]:
+    offer = json.dumps({"sdp": OFFERS["browser"], "type": "offer"}).encode()
+    return [
+        request_bytes("POST", "/offer", [("Content-Type", "application/json")], offer),
+        request_bytes("POST", "/whip?prompt=neon", [("Content-Type", "application/sdp")], OFFERS["whip"].encode()),
+        request_bytes("POST", "/whip/abc/prompt", [("Content-Type", "application/json")], b'{"prompt": "x"}'),
+        request_bytes("PATCH", "/whep/abc/def", [("Content-Type", "application/trickle-ice-sdpfrag")], b"a=mid:0\r\n"),
+    ]
+
+
+@settings(FUZZ, max_examples=30)
+@given(which=st.integers(0, 3), cut=st.floats(0, 1), hang_up=st.booleans())
+async def test_requests_cut_short_leave_the_server_serving(strict, which, cut, hang_up):
+    """The client sends part of a real request, then vanishes (or just stops)."""
+    server, watch = strict
+    data = _valid_requests()[which]
+    part = data[: int(len(data) * cut)]
+    response = await raw_exchange(server.port, [part], close_early=hang_up, read_timeout=CUT_OFF)
+    if not hang_up:
+        assert response.closed and (response.status is None or response.status < 500), response.body[:200]
+    await close_extra_sessions(server.app[REGISTRY])
+    await assert_still_serving(server.port)
+    assert not watch.problems(), watch.problems()
+
+
+async def test_livestyle_serve_itself_bounds_half_sent_requests():
+    """The real `livestyle serve` (its own runner settings, not the test server's): slow
+    headers and short bodies are cut off, malformed HTTP and vanishing clients leave no
+    traceback in its log, and it still shuts down cleanly."""
+    server = await asyncio.to_thread(LiveServer.start, "hostile-http", "--header-timeout", "1", "--body-timeout", "1")
+    try:
+        port = int(server.url.rsplit(":", 1)[1])
+        slow = await raw_exchange(port, [b"GET / HTTP/1.1\r\n", b"Host: x\r\n", b"X-A: b\r\n"], pause=0.4)
+        assert slow.closed and slow.status is None and slow.seconds < CUT_OFF, slow
+        head = b"POST /whip HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\nContent-Length: 999\r\n\r\nv=0\r\n"
+        short = await raw_exchange(port, [head], read_timeout=CUT_OFF)
+        assert short.status == 408 and short.closed, short
+        for data in (b"GET / HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", b"\x16\x03\x01garbage\r\n\r\n"):
+            assert (await raw_exchange(port, [data], read_timeout=CUT_OFF)).status == 400
+        for data in _valid_requests():
+            await raw_exchange(port, [data[: len(data) // 2]], close_early=True)
+        body = b'{"sdp": "v=0", "type": "offer", "x": 1' + b"0" * 5000 + b"}"
+        bad = await raw_exchange(port, [request_bytes("POST", "/offer", [], body)])
+        assert bad.status == 400 and bad.json()["error"]["code"] == "bad_json"
+        ok = await raw_exchange(port, [request_bytes("GET", "/healthz")])
+        assert ok.status == 200
+    finally:
+        exit_code = await asyncio.to_thread(server.stop)
+    assert exit_code == 0, server.log_text()[-2000:]
+    assert not server.log_problems(), server.log_problems()
