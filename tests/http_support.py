@@ -17,6 +17,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from multidict import CIMultiDict
 
 from pipeline.config import EngineConfig
 from server.app import create_app, server_options
@@ -168,7 +169,7 @@ class SdpPeer:
     pc: RTCPeerConnection = field(default_factory=RTCPeerConnection)
     frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
     location: str | None = None
-    headers: dict = field(default_factory=dict)
+    headers: CIMultiDict = field(default_factory=CIMultiDict)
     offer: str = ""
     """The SDP this peer POSTed."""
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -201,7 +202,7 @@ class SdpPeer:
         if auth:
             headers["Authorization"] = f"Bearer {auth}"
         async with http.post(url, data=self.offer, headers=headers) as resp:
-            self.headers = dict(resp.headers)
+            self.headers = resp.headers.copy()  # case-insensitive
             if resp.status != 201:
                 return resp.status, await resp.json()
             assert resp.content_type == "application/sdp"
