@@ -158,6 +158,9 @@ async def whip_trickle(request: web.Request) -> web.Response:
 
 
 async def whip_delete(request: web.Request) -> web.Response:
+    if request.app[REGISTRY].recently_ended("whip", request.match_info["session_id"]):
+        request.app[GATE].admit(request, offer=False)
+        return web.Response(status=200)  # ended already (the client closed its side first)
     session = _whip_session(request)
     await session.aclose("WHIP DELETE")
     return web.Response(status=200)
@@ -216,6 +219,8 @@ async def whep_trickle(request: web.Request) -> web.Response:
 
 
 async def whep_delete(request: web.Request) -> web.Response:
+    if request.app[REGISTRY].recently_ended("whep", request.match_info["token"], request.match_info["viewer_id"]):
+        return web.Response(status=200)  # ended already (the player closed its side first)
     await _viewer(request).aclose()
     return web.Response(status=200)
 

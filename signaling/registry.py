@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -28,6 +30,11 @@ class SessionLimitReached(Exception):
 
 # One name for "this SDP offer cannot be used" across the registry and viewers.
 BadOffer = BadSdp
+
+ENDED_TTL_S = 60.0
+"""How long an ended WHIP session or viewer is remembered, so the client's own DELETE
+(often sent after the server saw the connection close) still succeeds."""
+MAX_ENDED = 1024
 
 
 class SessionRegistry:
@@ -53,6 +60,7 @@ class SessionRegistry:
         self._watch: dict[str, WatchLink] = {}
         self._pending = 0  # offers being negotiated: they hold a place too
         self._closed = False
+        self._ended: OrderedDict[tuple[str, ...], float] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -127,7 +135,20 @@ class SessionRegistry:
         ]
         return RTCConfiguration(iceServers=servers)
 
+    def _remember_ended(self, key: tuple[str, ...]) -> None:
+        self._ended.pop(key, None)
+        self._ended[key] = time.monotonic()
+        while len(self._ended) > MAX_ENDED:
+            self._ended.popitem(last=False)
+
+    def recently_ended(self, *key: str) -> bool:
+        """Whether ("whip", session_id) or ("whep", token, viewer_id) ended in the last minute."""
+        ended = self._ended.get(key)
+        return ended is not None and time.monotonic() - ended < ENDED_TTL_S
+
     async def _forget(self, session: Session) -> None:
+        if session.kind == "whip":
+            self._remember_ended(("whip", session.id))
         if self._sessions.pop(session.id, None) is not None:
             if session.watch is not None:  # its viewers were closed with it
                 self._watch.pop(session.watch.token, None)
@@ -165,6 +186,13 @@ class SessionRegistry:
         session = self.resolve_watch(token)
         check_offer(offer_sdp)
         viewer, answer = await session.add_viewer(offer_sdp, self.rtc_configuration(), self.max_viewers)
+        closed = viewer.on_closed
+
+        async def remember_then_close(v: Viewer) -> None:  # however it ends: DELETE, drop, broadcaster gone
+            self._remember_ended(("whep", token, v.id))
+            await closed(v)
+
+        viewer.on_closed = remember_then_close
         return session, viewer, answer
 
     def viewer(self, token: str, viewer_id: str) -> Viewer:

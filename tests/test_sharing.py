@@ -76,6 +76,10 @@ async def test_viewers_receive_the_broadcasters_stylized_frames(preview_server, 
         async with http.delete(f"{base}{watcher.location}") as resp:
             assert resp.status == 200
         assert (await source.wait_message(lambda m: m["type"] == "viewers" and m["count"] == 0))["count"] == 0
+        async with http.delete(f"{base}{watcher.location}") as resp:
+            assert resp.status == 200  # it ended a moment ago: a player's late DELETE still succeeds
+        async with http.delete(f"{base}/whep/{watch['token']}/never-was") as resp:
+            assert resp.status == 404
         await watcher.close()
         await source.close()
 
@@ -150,6 +154,8 @@ async def test_whip_publish_prompt_whep_and_delete(preview_server, clip):
             assert resp.status == 200
         assert len(registry) == 0
         async with http.delete(f"{base}{session_path}") as resp:
+            assert resp.status == 200  # ended a moment ago: deleting it again is fine
+        async with http.delete(f"{base}/whip/never-was") as resp:
             assert resp.status == 404
         async with http.post(f"{base}/whip", data=b"v=0", headers={"Content-Type": "text/plain"}) as resp:
             assert resp.status == 415 and (await resp.json())["error"]["code"] == "unsupported_media_type"
