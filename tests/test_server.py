@@ -12,10 +12,10 @@ from aiortc import RTCPeerConnection
 from fakes import FakeBackend, fake_spec
 from http_support import OFFERS
 
-from pipeline.config import EngineConfig
+from pipeline.config import ConfigError, EngineConfig
 from server.app import ENGINE, REGISTRY, create_app
 from server.cli import serve
-from server.config import ServerConfig
+from server.config import ServerConfig, load_config
 from server.errors import HttpServerLog
 from server.turn import TurnConfig
 from signaling.ice import IceServer
@@ -277,3 +277,12 @@ def test_serve_runs_with_the_edge_settings(monkeypatch):
     serve(ServerConfig(engine=EngineConfig(kind="preview"), header_timeout_s=3, body_timeout_s=4))
     assert seen["keepalive_timeout"] == 3 and seen["lingering_time"] == 2 and seen["auto_decompress"] is False
     assert isinstance(seen["logger"], HttpServerLog)
+
+
+def test_http_timeouts_are_options():
+    config = load_config(["--header-timeout", "3"], environ={"LIVESTYLE_BODY_TIMEOUT": "4.5"})
+    assert (config.header_timeout_s, config.body_timeout_s) == (3.0, 4.5)
+    for field, flag in (("header_timeout_s", "--header-timeout"), ("body_timeout_s", "--body-timeout")):
+        with pytest.raises(ConfigError) as info:
+            ServerConfig(**{field: 0})
+        assert flag in str(info.value) and "0.5..600" in str(info.value)
