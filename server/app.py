@@ -3,23 +3,24 @@ engine and the session registry, routes and the error middleware."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.client import EngineClient, EngineSpec
 from pipeline.engines import resolve_engine
-from server.access import AccessPolicy, RateLimiter
+from server.access import AccessGate, AccessPolicy, RateLimiter
+from server.bodies import body_middleware, read_json
 from server.config import ServerConfig
-from server.errors import BadRequest, error_middleware
-from server.keys import ACCESS, CONFIG, ENGINE, ENGINE_SPEC, LIMITER, MAX_BODY, METRICS, REGISTRY
+from server.errors import BadRequest, Handler, HttpServerLog, error_middleware
+from server.keys import CONFIG, ENGINE, ENGINE_SPEC, GATE, MAX_BODY, METRICS, REGISTRY
 from server.metrics import build_registry
 from server.sharing import add_routes as add_sharing_routes
-from server.sharing import ice_server_list
+from server.sharing import cors_middleware, ice_server_list
 from signaling.protocol import PROTOCOL_VERSION
 from signaling.registry import SessionRegistry
 from signaling.session import SessionSettings, engine_json
@@ -27,17 +28,19 @@ from signaling.session import SessionSettings, engine_json
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+LINGER_S = 2.0
 
 
 def create_app(config: ServerConfig, engine_spec: EngineSpec | None = None) -> web.Application:
     """engine_spec: what engine to run; by default resolved from config.engine (tests
     pass fakes here)."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
+    # Outermost first: CORS sees every answer, the error mapping sees the body reader's errors.
+    middlewares = [cors_middleware, error_middleware, body_middleware]
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
     app[MAX_BODY] = config.max_body_bytes
     app[ENGINE_SPEC] = engine_spec if engine_spec is not None else resolve_engine(config.engine)
-    app[ACCESS] = AccessPolicy(config.auth_tokens)
-    app[LIMITER] = RateLimiter(config.offer_rate_per_min, config.offer_burst)
+    app[GATE] = AccessGate(AccessPolicy(config.auth_tokens), RateLimiter(config.offer_rate_per_min, config.offer_burst))
     app.cleanup_ctx.append(_engine_and_sessions)
     app.router.add_get("/", index)
     app.router.add_post("/offer", offer)
@@ -45,8 +48,25 @@ def create_app(config: ServerConfig, engine_spec: EngineSpec | None = None) -> w
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/config", client_config)
     add_sharing_routes(app)
-    app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+    app.router.add_get("/static/{name:.+}", _static_files())
     return app
+
+
+def server_options(config: ServerConfig) -> dict[str, Any]:
+    """Connection-level settings for the app's runner (web.run_app or a test server):
+    - keepalive_timeout: aiohttp closes a connection that has not delivered a complete
+      request head this long after it opened or after the previous response, so it bounds
+      headers that trickle in (slowloris) as well as idle keep-alive connections;
+    - lingering_time: after an early answer (413, 408), how long unread body bytes are
+      drained so the client can read the answer before the connection closes;
+    - auto_decompress off: a compressed body could expand far beyond client_max_size;
+    - logger: malformed HTTP that aiohttp's parser refuses is a debug line, not a traceback."""
+    return {
+        "keepalive_timeout": config.header_timeout_s,
+        "lingering_time": min(LINGER_S, config.body_timeout_s),
+        "auto_decompress": False,
+        "logger": HttpServerLog(),
+    }
 
 
 async def _engine_and_sessions(app: web.Application) -> AsyncIterator[None]:
@@ -70,18 +90,28 @@ async def _engine_and_sessions(app: web.Application) -> AsyncIterator[None]:
     await engine.aclose()
 
 
+def _static_files() -> Handler:
+    """The page's files, looked up in a table made at start: nothing outside static/ can be
+    named, and a miss is a JSON 404 like every other error (aiohttp's static route answers
+    some unreadable names with a bare 404 of its own)."""
+    files = {p.relative_to(STATIC_DIR).as_posix(): p for p in STATIC_DIR.rglob("*") if p.is_file()}
+
+    async def static_file(request: web.Request) -> web.FileResponse:
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound(text="no such file")
+        return web.FileResponse(path)
+
+    return static_file
+
+
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def offer(request: web.Request) -> web.Response:
-    request.app[ACCESS].require(request)
-    request.app[LIMITER].hit(request.remote or "unknown")
-    body = await request.read()  # aiohttp enforces client_max_size -> 413
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest("bad_json", f"body is not valid JSON: {exc}") from None
+    request.app[GATE].admit(request, offer=True)
+    data = await read_json(request, "a JSON object {sdp, type, prompt?}")
     if not isinstance(data, dict):
         raise BadRequest("bad_request", "body must be a JSON object {sdp, type, prompt?}")
     sdp, sdp_type = data.get("sdp"), data.get("type")
@@ -124,11 +154,11 @@ async def client_config(request: web.Request) -> web.Response:
     config, engine = request.app[CONFIG], request.app[ENGINE]
     return web.json_response(
         {
-            "ice_servers": ice_server_list(config),
+            "ice_servers": ice_server_list(config, privileged=not request.app[GATE].policy.enabled),
             "engine": engine_json(engine.info, engine.state),
             "max_prompt_chars": engine.info.max_prompt_chars,
             "default_prompt": config.default_prompt,
             "protocol_version": PROTOCOL_VERSION,
-            "auth_required": request.app[ACCESS].enabled,
+            "auth_required": request.app[GATE].policy.enabled,
         }
     )

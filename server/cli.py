@@ -45,7 +45,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(config: ServerConfig) -> None:
-    from server.app import create_app  # imports aiortc: only when serving
+    from server.app import create_app, server_options  # imports aiortc: only when serving
 
     ssl_context = None
     if config.tls_cert is not None and config.tls_key is not None:
@@ -70,6 +70,7 @@ def serve(config: ServerConfig) -> None:
         print=None,
         access_log=None,
         shutdown_timeout=5,
+        **server_options(config),
     )
 
 

@@ -77,6 +77,14 @@ class ServerConfig:
     # ---- engine runtime (engine-faults) ----
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     """Step scheduling, the per-step text budget, the step watchdog and engine restarts."""
+    # ---- HTTP edge limits (http-edge) ----
+    header_timeout_s: float = 10.0
+    """Seconds a connection may take to send a complete request head (request line and
+    headers), counted from its opening or from the previous response; it is also how long
+    an idle keep-alive connection stays open. Half-sent requests are closed after it."""
+    body_timeout_s: float = 10.0
+    """Seconds a request body may take to arrive in full; a slower or shorter-than-announced
+    body gets 408 and the connection is closed."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -109,6 +117,10 @@ class ServerConfig:
             raise ConfigError(f"max_viewers {self.max_viewers} is not allowed; use 0..1000")
         if not 60 <= self.watch_ttl_s <= 30 * 86400:
             raise ConfigError(f"watch_ttl_s {self.watch_ttl_s} is not allowed; use 60 s .. 30 days")
+        for name, flag in (("header_timeout_s", "--header-timeout"), ("body_timeout_s", "--body-timeout")):
+            value = getattr(self, name)
+            if not 0.5 <= value <= 600:
+                raise ConfigError(f"{name} {value} is not allowed; use 0.5..600 seconds ({flag})")
 
 
 def parse_ice_server(text: str) -> IceServer:
@@ -204,6 +216,18 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--turn-url", action="append", help="TURN URL for short-lived credentials, repeatable")
     g.add_argument("--turn-secret", help="the TURN server's static-auth-secret (LIVESTYLE_TURN_SECRET)")
     g.add_argument("--turn-ttl", type=int, help="seconds a TURN credential stays valid (default 3600)")
+    g = p.add_argument_group("HTTP limits")
+    g.add_argument(
+        "--header-timeout",
+        type=float,
+        help="seconds a client may take to send a request's headers; also the idle keep-alive time "
+        "(LIVESTYLE_HEADER_TIMEOUT, default 10)",
+    )
+    g.add_argument(
+        "--body-timeout",
+        type=float,
+        help="seconds a client may take to send a request body (LIVESTYLE_BODY_TIMEOUT, default 10)",
+    )
     add_engine_arguments(p)
     _add_runtime_arguments(p)
     return p
@@ -256,6 +280,8 @@ _SERVER_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "offer_rate": ("LIVESTYLE_OFFER_RATE", float, "offer_rate_per_min"),
     "max_viewers": ("LIVESTYLE_MAX_VIEWERS", int, "max_viewers"),
     "watch_ttl": ("LIVESTYLE_WATCH_TTL", float, "watch_ttl_s"),
+    "header_timeout": ("LIVESTYLE_HEADER_TIMEOUT", float, "header_timeout_s"),
+    "body_timeout": ("LIVESTYLE_BODY_TIMEOUT", float, "body_timeout_s"),
 }
 _ENGINE_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "engine": ("LIVESTYLE_ENGINE", str, "kind"),

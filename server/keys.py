@@ -6,7 +6,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from pipeline.client import EngineClient, EngineSpec
-from server.access import AccessPolicy, RateLimiter
+from server.access import AccessGate
 from server.config import ServerConfig
 from signaling.registry import SessionRegistry
 
@@ -15,6 +15,6 @@ ENGINE_SPEC = web.AppKey("engine_spec", EngineSpec)
 ENGINE = web.AppKey("engine", EngineClient)
 REGISTRY = web.AppKey("registry", SessionRegistry)
 METRICS = web.AppKey("metrics", CollectorRegistry)
-ACCESS = web.AppKey("access", AccessPolicy)
-LIMITER = web.AppKey("offer_limiter", RateLimiter)
+GATE = web.AppKey("access_gate", AccessGate)
+"""Access tokens and the per-address rate limit (offers and failed attempts)."""
 MAX_BODY = web.AppKey("max_body_bytes", int)

@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from pipeline.client import EngineClient, EngineUnavailable
 from signaling.ice import IceServer
+from signaling.offer_check import check_offer
 from signaling.session import BadSdp, Session, SessionKind, SessionSettings, SignalingStats
+from signaling.trickle import StaleIceSession, apply_fragment, ice_etag, parse_fragment
 from signaling.viewers import Viewer, WatchLink, WatchNotFound
 
 log = logging.getLogger(__name__)
@@ -25,6 +30,11 @@ class SessionLimitReached(Exception):
 
 # One name for "this SDP offer cannot be used" across the registry and viewers.
 BadOffer = BadSdp
+
+ENDED_TTL_S = 60.0
+"""How long an ended WHIP session or viewer is remembered, so the client's own DELETE
+(often sent after the server saw the connection close) still succeeds."""
+MAX_ENDED = 1024
 
 
 class SessionRegistry:
@@ -50,6 +60,7 @@ class SessionRegistry:
         self._watch: dict[str, WatchLink] = {}
         self._pending = 0  # offers being negotiated: they hold a place too
         self._closed = False
+        self._ended: OrderedDict[tuple[str, ...], float] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -68,10 +79,11 @@ class SessionRegistry:
         SessionLimitReached or EngineUnavailable; on any failure nothing is left behind."""
         if self._closed:
             raise EngineUnavailable("the server is shutting down")
+        if not self.engine.healthy:  # say so before parsing anything: the offer cannot be served
+            raise EngineUnavailable(self.engine.failure or f"engine is {self.engine.state}")
         if sdp_type != "offer":
-            raise BadOffer(f"type must be 'offer', got {sdp_type!r}")
-        if not sdp.lstrip().startswith("v=0"):
-            raise BadOffer("sdp is not a session description (it must start with 'v=0')")
+            raise BadOffer(f"type must be 'offer', got {sdp_type[:40]!r}")
+        check_offer(sdp)
         if len(prompt) > self.engine.info.max_prompt_chars:
             raise BadOffer(
                 f"prompt has {len(prompt)} characters; at most {self.engine.info.max_prompt_chars} are allowed"
@@ -104,10 +116,13 @@ class SessionRegistry:
                 raise BadOffer(f"the offer could not be parsed: {exc}") from exc
             if not session.has_video:
                 raise BadOffer("the offer has no video track to stylize")
-            await pc.setLocalDescription(await pc.createAnswer())
+            try:
+                await pc.setLocalDescription(await pc.createAnswer())
+            except Exception as exc:  # an offer aiortc parsed but cannot answer
+                raise BadOffer(f"the offer cannot be answered: {exc}") from exc
         except BaseException:
             self._pending -= 1
-            await session.aclose("negotiation failed")
+            await _quietly(session.aclose("negotiation failed"), session)
             raise
         self._pending -= 1
         self._sessions[session_id] = session
@@ -122,7 +137,20 @@ class SessionRegistry:
         ]
         return RTCConfiguration(iceServers=servers)
 
+    def _remember_ended(self, key: tuple[str, ...]) -> None:
+        self._ended.pop(key, None)
+        self._ended[key] = time.monotonic()
+        while len(self._ended) > MAX_ENDED:
+            self._ended.popitem(last=False)
+
+    def recently_ended(self, *key: str) -> bool:
+        """Whether ("whip", session_id) or ("whep", token, viewer_id) ended in the last minute."""
+        ended = self._ended.get(key)
+        return ended is not None and time.monotonic() - ended < ENDED_TTL_S
+
     async def _forget(self, session: Session) -> None:
+        if session.kind == "whip":
+            self._remember_ended(("whip", session.id))
         if self._sessions.pop(session.id, None) is not None:
             if session.watch is not None:  # its viewers were closed with it
                 self._watch.pop(session.watch.token, None)
@@ -158,18 +186,52 @@ class SessionRegistry:
 
     async def add_viewer(self, token: str, offer_sdp: str) -> tuple[Session, Viewer, str]:
         session = self.resolve_watch(token)
+        check_offer(offer_sdp)
         viewer, answer = await session.add_viewer(offer_sdp, self.rtc_configuration(), self.max_viewers)
+        closed = viewer.on_closed
+
+        async def remember_then_close(v: Viewer) -> None:  # however it ends: DELETE, drop, broadcaster gone
+            self._remember_ended(("whep", token, v.id))
+            await closed(v)
+
+        viewer.on_closed = remember_then_close
         return session, viewer, answer
 
-    async def remove_viewer(self, token: str, viewer_id: str) -> None:
-        session = self.resolve_watch(token)
-        viewer = session.viewers.get(viewer_id)
+    def viewer(self, token: str, viewer_id: str) -> Viewer:
+        viewer = self.resolve_watch(token).viewers.get(viewer_id)
         if viewer is None:
             raise WatchNotFound("no such viewer")
-        await viewer.aclose()
+        return viewer
+
+    async def remove_viewer(self, token: str, viewer_id: str) -> None:
+        await self.viewer(token, viewer_id).aclose()
+
+    # ---- trickle ICE (WHIP/WHEP PATCH) ---------------------------------------------------------
+
+    @staticmethod
+    def etag(pc: RTCPeerConnection) -> str:
+        """The entity tag of a WHIP/WHEP resource's ICE session (ETag / If-Match)."""
+        return ice_etag(pc)
+
+    async def trickle(self, pc: RTCPeerConnection, fragment_text: str, if_match: str | None) -> int:
+        """Apply a trickle-ICE fragment to a WHIP session's or a viewer's connection; returns
+        the candidates added. Raises StaleIceSession, BadFragment, IceRestartUnsupported."""
+        if if_match is not None and if_match.strip() != "*":
+            if ice_etag(pc) not in (tag.strip() for tag in if_match.split(",")):
+                raise StaleIceSession("If-Match does not name this resource's ICE session")
+        return await apply_fragment(pc, parse_fragment(fragment_text))
 
     async def aclose(self) -> None:
         self._closed = True
         sessions = list(self._sessions.values())
         await asyncio.gather(*(s.aclose("server shutdown") for s in sessions), return_exceptions=True)
         log.info("closed %d sessions", len(sessions))
+
+
+async def _quietly(closing: Awaitable[None], session: Session) -> None:
+    """Clean up after a refused offer without masking why it was refused: aiortc can fail to
+    close a connection it only half built."""
+    try:
+        await closing
+    except Exception as exc:  # noqa: BLE001 - aiortc's own bug, not news: the offer was refused already
+        session.log.debug("cleanup after a refused offer failed: %r", exc)

@@ -12,7 +12,7 @@ import {
   revokeWatchMessage,
   setPromptMessage,
 } from "./js/protocol.js";
-import { Session } from "./js/session.js";
+import { accessToken, Session } from "./js/session.js";
 import * as ui from "./js/ui.js";
 
 const PING_INTERVAL_MS = 1000;
@@ -116,10 +116,13 @@ async function start() {
   }
 }
 
-/** Fresh ICE servers for each connection: TURN credentials from the server expire. */
+/** Fresh ICE servers for each connection: TURN credentials from the server expire, and
+ * a server with access tokens hands them only to a token holder. */
 async function fetchIceServers() {
+  const token = accessToken();
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
   try {
-    const response = await fetch("/api/ice-servers", { cache: "no-store" });
+    const response = await fetch("/api/ice-servers", { cache: "no-store", headers });
     if (response.ok) return (await response.json()).ice_servers ?? config.ice_servers;
   } catch {
     // The ones from /api/config still work for STUN and static TURN.

@@ -82,10 +82,14 @@ function resetFps() {
 // ---- watching ----
 
 async function loadIceServers() {
-  // Without a response (401 when the API wants a token, or an older server) the
-  // browser's own host candidates still work on the same network.
+  // The watch link is the viewer's credential for TURN on a server with access tokens.
+  // Without a response (401 once the link has ended, or an older server) the browser's
+  // own host candidates still work on the same network.
   try {
-    const response = await fetch("/api/ice-servers", { cache: "no-store" });
+    const response = await fetch("/api/ice-servers", {
+      cache: "no-store",
+      headers: { Authorization: `Bearer ${token}` },
+    });
     if (!response.ok) return [];
     const body = await response.json();
     return Array.isArray(body?.ice_servers) ? body.ice_servers : [];

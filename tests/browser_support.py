@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import shutil
 import socket
 import ssl
@@ -109,7 +110,9 @@ class LiveServer:
         log_path = ARTIFACTS / f"browser-server-{name}.log"
         command = [livestyle_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--engine", "preview"]
         with log_path.open("wb") as log:
-            process = subprocess.Popen([*command, *extra_args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            # This checkout's packages first: the venv's editable install may point at another one.
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+            process = subprocess.Popen([*command, *extra_args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         scheme = "https" if "--tls-self-signed" in extra_args else "http"
         server = cls(f"{scheme}://127.0.0.1:{port}", process, log_path)
         try:

@@ -9,13 +9,11 @@ import hashlib
 import hmac
 import logging
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from aiohttp import ClientSession
-from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from http_support import SdpPeer, without_candidates
 from media import MARK_Y, ClipTrack, LoopbackClient, davis_clip, ping_pong, read_stamp
 
 from server.app import REGISTRY
@@ -29,56 +27,6 @@ TOKEN = "s3cret-token-0123456789"
 @pytest.fixture(scope="module")
 def clip():
     return ping_pong(davis_clip("blackswan"))
-
-
-@dataclass
-class SdpPeer:
-    """A plain-SDP-over-HTTP peer (what OBS or a WHEP player is to the server)."""
-
-    pc: RTCPeerConnection = field(default_factory=RTCPeerConnection)
-    frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
-    location: str | None = None
-    headers: dict = field(default_factory=dict)
-    _tasks: list[asyncio.Task] = field(default_factory=list)
-
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        async def read() -> None:
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
-                self.frames.append((time.monotonic(), frame.to_ndarray(format="rgb24")))
-
-        self._tasks.append(asyncio.create_task(read()))
-
-    async def post(self, http: ClientSession, url: str, auth: str | None = None) -> tuple[int, object]:
-        self.pc.on("track", self._on_track)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        headers = {"Content-Type": "application/sdp"}
-        if auth:
-            headers["Authorization"] = f"Bearer {auth}"
-        async with http.post(url, data=self.pc.localDescription.sdp, headers=headers) as resp:
-            self.headers = dict(resp.headers)
-            if resp.status != 201:
-                return resp.status, await resp.json()
-            assert resp.content_type == "application/sdp"
-            answer = await resp.text()
-            self.location = resp.headers["Location"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-        return 201, answer
-
-    async def wait_frames(self, count: int, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.frames) < count:
-            assert time.monotonic() < deadline, f"got {len(self.frames)} of {count} frames"
-            await asyncio.sleep(0.05)
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.pc.close()
 
 
 def viewer() -> SdpPeer:
@@ -128,6 +76,10 @@ async def test_viewers_receive_the_broadcasters_stylized_frames(preview_server, 
         async with http.delete(f"{base}{watcher.location}") as resp:
             assert resp.status == 200
         assert (await source.wait_message(lambda m: m["type"] == "viewers" and m["count"] == 0))["count"] == 0
+        async with http.delete(f"{base}{watcher.location}") as resp:
+            assert resp.status == 200  # it ended a moment ago: a player's late DELETE still succeeds
+        async with http.delete(f"{base}/whep/{watch['token']}/never-was") as resp:
+            assert resp.status == 404
         await watcher.close()
         await source.close()
 
@@ -202,6 +154,8 @@ async def test_whip_publish_prompt_whep_and_delete(preview_server, clip):
             assert resp.status == 200
         assert len(registry) == 0
         async with http.delete(f"{base}{session_path}") as resp:
+            assert resp.status == 200  # ended a moment ago: deleting it again is fine
+        async with http.delete(f"{base}/whip/never-was") as resp:
             assert resp.status == 404
         async with http.post(f"{base}/whip", data=b"v=0", headers={"Content-Type": "text/plain"}) as resp:
             assert resp.status == 415 and (await resp.json())["error"]["code"] == "unsupported_media_type"
@@ -264,3 +218,225 @@ async def test_ice_servers_carry_short_lived_turn_credentials(preview_server):
     assert user == "livestyle" and 590 <= int(expiry) - time.time() <= 610
     expected = base64.b64encode(hmac.new(b"north", entry["username"].encode(), hashlib.sha1).digest()).decode()
     assert entry["credential"] == expected and entry["urls"] == ["turn:turn.example.org:3478"]
+
+
+# ---- trickle ICE (RFC 9725 PATCH) --------------------------------------------------------------
+
+
+def fragment(peer: SdpPeer, *, end: bool = True, ufrag: str | None = None, candidates: list[str] | None = None) -> str:
+    """The RFC 8840 fragment a trickling client sends for its first media section."""
+    sdp = peer.pc.localDescription.sdp
+    mid = next(line for line in sdp.split("\r\n") if line.startswith("a=mid:"))
+    own_ufrag = next(line for line in sdp.split("\r\n") if line.startswith("a=ice-ufrag:"))
+    pwd = next(line for line in sdp.split("\r\n") if line.startswith("a=ice-pwd:"))
+    lines = [f"a=ice-ufrag:{ufrag}" if ufrag else own_ufrag, pwd, "m=video 9 UDP/TLS/RTP/SAVPF 0", mid]
+    lines += [f"a=candidate:{c}" for c in (peer.candidates() if candidates is None else candidates)]
+    lines += ["a=end-of-candidates"] if end else []
+    return "\r\n".join(lines) + "\r\n"
+
+
+async def patch(http: ClientSession, url: str, body: str, **headers: str) -> tuple[int, dict, dict | None]:
+    headers = {"Content-Type": "application/trickle-ice-sdpfrag", **headers}
+    async with http.patch(url, data=body, headers=headers) as resp:
+        payload = await resp.json() if resp.content_type == "application/json" else None
+        return resp.status, dict(resp.headers), payload
+
+
+async def wait_connected(*peers: SdpPeer, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while any(p.pc.connectionState != "connected" for p in peers):
+        assert time.monotonic() < deadline, [p.pc.connectionState for p in peers]
+        await asyncio.sleep(0.05)
+
+
+def hidden_candidates() -> dict:
+    """Neither side learns the other's candidates from the SDP: the server only gets the
+    client's through PATCH, and the client can only answer the server's checks."""
+    return {"offer_filter": without_candidates, "answer_filter": without_candidates}
+
+
+async def test_whip_and_whep_clients_connect_through_trickled_candidates_only(preview_server, clip):
+    _, base = await preview_server()
+    async with ClientSession() as http:
+        publisher, control = SdpPeer(), SdpPeer()
+        for peer in (publisher, control):
+            peer.pc.addTransceiver(ClipTrack(clip, fps=30), direction="sendonly")
+            assert (await peer.post(http, f"{base}/whip", **hidden_candidates()))[0] == 201
+            assert "a=candidate" not in peer.offer and peer.headers["Accept-Patch"] == "application/trickle-ice-sdpfrag"
+        etag = publisher.headers["ETag"]
+        assert etag.startswith('"') and etag != control.headers["ETag"]
+        status, headers, _ = await patch(http, f"{base}{publisher.location}", fragment(publisher), **{"If-Match": etag})
+        assert status == 204 and headers["Access-Control-Allow-Origin"] == "*"
+        await wait_connected(publisher)
+        token = publisher.headers["Link"].split("</whep/")[1].split(">")[0]
+
+        watcher = viewer()
+        assert (await watcher.post(http, f"{base}/whep/{token}", **hidden_candidates()))[0] == 201
+        location = f"{base}{watcher.location}"
+        half = len(watcher.candidates()) // 2  # in two PATCHes, as a browser trickles them
+        assert (await patch(http, location, fragment(watcher, end=False, candidates=watcher.candidates()[:half])))[
+            0
+        ] == 204
+        assert (await patch(http, location, fragment(watcher, candidates=watcher.candidates()[half:])))[0] == 204
+        await watcher.wait_frames(5)
+
+        # The control got no candidates: the server had nothing to check, so it never connected.
+        await asyncio.sleep(1.0)
+        print("control without PATCH:", control.pc.connectionState)
+        assert control.pc.connectionState != "connected"
+        for peer in (watcher, publisher, control):
+            await peer.close()
+
+
+async def test_patch_answers_as_rfc_9725_says(preview_server, clip):
+    _, base = await preview_server()
+    async with ClientSession() as http:
+        publisher = SdpPeer()
+        publisher.pc.addTransceiver(ClipTrack(clip, fps=30), direction="sendonly")
+        assert (await publisher.post(http, f"{base}/whip"))[0] == 201
+        url = f"{base}{publisher.location}"
+        good = fragment(publisher, end=False)
+
+        status, headers, body = await patch(http, url, fragment(publisher, ufrag="restart"), **{"If-Match": "*"})
+        assert (status, body["error"]["code"]) == (422, "ice_restart_unsupported")
+        assert headers["Access-Control-Allow-Origin"] == "*"
+        status, _, body = await patch(http, url, good, **{"If-Match": '"someone-else"'})
+        assert (status, body["error"]["code"]) == (412, "precondition_failed")
+        status, headers, body = await patch(http, url, good, **{"Content-Type": "application/sdp"})
+        assert (status, body["error"]["code"]) == (415, "unsupported_media_type")
+        assert headers["Accept-Patch"] == "application/trickle-ice-sdpfrag"
+        for broken, words in [
+            (good.replace("a=mid:0", "a=mid:7"), "a=mid:7"),
+            (good + "a=candidate:1 1 udp 1 evil.example.org 9 typ host\r\n", "mDNS"),
+            (good + "a=candidate:nonsense\r\n", "malformed"),
+            (good.replace("a=mid:0\r\n", ""), "no a=mid"),
+            (good + "".join(f"a=candidate:1 1 udp 1 192.0.2.{i} 9 typ host\r\n" for i in range(40)), "more than 32"),
+        ]:
+            status, _, body = await patch(http, url, broken)
+            assert (status, body["error"]["code"]) == (400, "bad_fragment") and words in body["error"]["message"], body
+        assert (await patch(http, url, good))[0] == 204  # If-Match is optional
+        assert (await patch(http, url, ""))[0] == 204  # an empty fragment changes nothing
+        async with http.delete(url) as resp:
+            assert resp.status == 200
+        status, headers, body = await patch(http, url, good)
+        assert (status, body["error"]["code"]) == (404, "not_found") and headers["Access-Control-Allow-Origin"] == "*"
+        await publisher.close()
+
+
+# ---- CORS on every WHIP/WHEP answer --------------------------------------------------------------
+
+
+async def test_every_whip_and_whep_answer_carries_cors(preview_server, clip):
+    _, base = await preview_server(auth_tokens=(TOKEN,), max_viewers=0, max_sessions=1)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    sdp = {"Content-Type": "application/sdp"}
+    as_json = {**auth, "Content-Type": "application/json"}
+    async with ClientSession() as http:
+        publisher = SdpPeer()
+        publisher.pc.addTransceiver(ClipTrack(clip, fps=30), direction="sendonly")
+        assert (await publisher.post(http, f"{base}/whip", auth=TOKEN))[0] == 201
+        token = publisher.headers["Link"].split("</whep/")[1].split(">")[0]
+        cases = [
+            ("POST", "/whip", {}, b"v=0", 401),
+            ("POST", "/whip", {**auth, "Content-Type": "text/plain"}, b"v=0", 415),
+            ("POST", "/whip", {**auth, **sdp}, publisher.offer.encode(), 503),  # server_full
+            ("GET", "/whip", {}, b"", 405),
+            ("DELETE", "/whip/nope", auth, b"", 404),
+            ("POST", f"/whep/{token}", sdp, publisher.offer.encode(), 503),  # viewers_full
+            ("POST", "/whep/nope", sdp, b"v=0\xff", 400),
+            ("DELETE", f"/whep/{token}/nope", {}, b"", 404),
+            ("POST", f"{publisher.location}/prompt", as_json, b'{"prompt": 1e999}', 400),
+        ]
+        for method, path, headers, body, expected in cases:
+            async with http.request(method, f"{base}{path}", headers=headers, data=body) as resp:
+                assert resp.status == expected, (method, path, resp.status, await resp.text())
+                assert resp.headers.get("Access-Control-Allow-Origin") == "*", (method, path)
+                assert "Location" in resp.headers["Access-Control-Expose-Headers"]
+                assert (await resp.json())["error"]["code"]
+
+        preflights = {
+            "/whip": "POST, OPTIONS",
+            "/whip/anything": "PATCH, DELETE, OPTIONS",
+            "/whip/anything/prompt": "POST, OPTIONS",
+            f"/whep/{token}": "POST, OPTIONS",
+            "/whep/x/y": "PATCH, DELETE, OPTIONS",
+        }
+        for path, methods in preflights.items():
+            request_headers = {"Origin": "https://player.example", "Access-Control-Request-Method": "PATCH"}
+            async with http.options(f"{base}{path}", headers=request_headers) as resp:
+                assert resp.status == 204 and resp.headers["Access-Control-Allow-Origin"] == "*"
+                assert resp.headers["Access-Control-Allow-Methods"] == methods == resp.headers["Allow"]
+                allowed = resp.headers["Access-Control-Allow-Headers"]
+                assert all(h in allowed for h in ("Authorization", "Content-Type", "If-Match"))
+                assert ("Accept-Patch" in resp.headers) == ("PATCH" in methods)
+        async with http.delete(f"{base}{publisher.location}", headers=auth) as resp:
+            assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == "*"
+        for _ in range(20):  # each WHEP offer costs from the address's bucket
+            async with http.post(f"{base}/whep/nope", headers=sdp, data=b"v=0") as resp:
+                if resp.status == 429:
+                    break
+        assert resp.status == 429 and resp.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Retry-After" in resp.headers["Access-Control-Expose-Headers"]
+        await publisher.close()
+
+
+# ---- failed attempts and TURN credentials ----------------------------------------------------------
+
+
+async def test_failed_token_attempts_count_in_the_rate_limit_and_are_logged_without_the_token(preview_server, caplog):
+    caplog.set_level(logging.INFO)
+    _, base = await preview_server(auth_tokens=(TOKEN,), offer_rate_per_min=6, offer_burst=3)
+    guesses = [f"guess-{i:02d}-0123456789abcdef" for i in range(5)]
+    async with ClientSession() as http:
+        statuses = []
+        for guess in guesses:
+            async with http.post(f"{base}/offer", json={}, headers={"Authorization": f"Bearer {guess}"}) as resp:
+                statuses.append(resp.status)
+                if resp.status == 429:
+                    assert int(resp.headers["Retry-After"]) >= 1
+        assert statuses == [401, 401, 401, 429, 429]
+        # Over the limit, the right token waits too: the address is what is limited.
+        async with http.post(f"{base}/offer", json={}, headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            assert resp.status == 429
+    refusals = [r.getMessage() for r in caplog.records if r.name == "server.access"]
+    assert len(refusals) == 3 and all("POST /offer from 127.0.0.1: a wrong access token" in m for m in refusals)
+    assert not any(g in caplog.text for g in guesses) and TOKEN not in caplog.text
+
+
+async def test_guessing_watch_links_is_rate_limited(preview_server):
+    _, base = await preview_server(offer_rate_per_min=6, offer_burst=4)
+    async with ClientSession() as http:
+        statuses = []
+        for i in range(6):
+            async with http.get(f"{base}/watch/guess{i}") as resp:
+                statuses.append(resp.status)
+        assert statuses == [404, 404, 404, 404, 429, 429]
+
+
+async def test_turn_credentials_only_for_broadcasters_and_live_watch_links(preview_server, clip):
+    turn = TurnConfig(urls=("turn:turn.example.org:3478",), secret="north", ttl_s=600)
+    _, base = await preview_server(auth_tokens=(TOKEN,), turn=turn, offer_burst=20)
+
+    async def ice(credential: str | None) -> tuple[int, object]:
+        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+        async with http.get(f"{base}/api/ice-servers", headers=headers) as resp:
+            return resp.status, (await resp.json()).get("ice_servers")
+
+    async with ClientSession() as http:
+        assert await ice(None) == (200, [])
+        status, servers = await ice(TOKEN)
+        assert status == 200 and servers[0]["urls"] == ["turn:turn.example.org:3478"] and servers[0]["credential"]
+        assert (await ice("not-a-token-or-link"))[0] == 401
+
+        publisher = SdpPeer()
+        publisher.pc.addTransceiver(ClipTrack(clip, fps=30), direction="sendonly")
+        assert (await publisher.post(http, f"{base}/whip", auth=TOKEN))[0] == 201
+        link = publisher.headers["Link"]
+        assert '<turn:turn.example.org:3478>; rel="ice-server"; username="' in link and 'credential="' in link
+        token = link.split("</whep/")[1].split(">")[0]
+        status, servers = await ice(token)  # a viewer holding a live watch link
+        assert status == 200 and servers[0]["username"].endswith(":livestyle")
+        async with http.delete(f"{base}{publisher.location}", headers={"Authorization": f"Bearer {TOKEN}"}):
+            pass
+        assert (await ice(token))[0] == 401  # the link died with its broadcaster
+        await publisher.close()

@@ -5,9 +5,11 @@ import hmac
 import ipaddress
 import ssl
 import stat
+from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
@@ -190,3 +192,74 @@ def test_self_signed_certificate_not_reused_near_expiry(tmp_path):
     assert _reusable(cert_path, key_path, wanted, now + dt.timedelta(days=28))
     assert not _reusable(cert_path, key_path, wanted, now + dt.timedelta(days=29, hours=1))
     assert not _reusable(cert_path, key_path, {"localhost", "studio.lan"}, now)
+
+
+# --- the docker-compose TURN relay ---
+
+COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
+
+
+def _coturn_flags() -> dict[str, list[str]]:
+    command = yaml.safe_load(COMPOSE.read_text())["services"]["coturn"]["command"]
+    flags: dict[str, list[str]] = {}
+    for item in command:
+        name, _, value = item.partition("=")
+        flags.setdefault(name, []).append(value)
+    return flags
+
+
+def _denied(address: str, ranges: list[str]) -> bool:
+    ip = ipaddress.ip_address(address)
+    for text in ranges:
+        low, _, high = text.partition("-")
+        first, last = ipaddress.ip_address(low), ipaddress.ip_address(high or low)
+        if first.version == ip.version and first <= ip <= last:
+            return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.53.0.1",
+        "0.0.0.0",
+        "10.1.2.3",
+        "172.20.0.1",
+        "192.168.1.1",
+        "169.254.169.254",  # cloud metadata
+        "100.64.0.1",
+        "198.18.0.1",
+        "224.0.0.251",
+        "255.255.255.255",
+        "::1",
+        "::",
+        "::ffff:127.0.0.1",
+        "64:ff9b::7f00:1",  # NAT64 to loopback
+        "fd00::1",
+        "fe80::1",
+        "ff02::1",
+        "2002:7f00:1::1",  # 6to4 of loopback
+    ],
+)
+def test_compose_turn_relay_refuses_internal_peers(address):
+    assert _denied(address, _coturn_flags()["--denied-peer-ip"]), address
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "203.0.114.9", "2606:4700:4700::1111", "2a00:1450::1"])
+def test_compose_turn_relay_still_reaches_the_internet(address):
+    assert not _denied(address, _coturn_flags()["--denied-peer-ip"]), address
+
+
+def test_compose_turn_relay_allows_only_this_server_among_internal_addresses():
+    flags = _coturn_flags()
+    assert flags["--allowed-peer-ip"] == [
+        "${SERVER_IP:?set SERVER_IP in .env to this host's own address (hostname -I)}"
+    ]
+    for flag in ("--no-tcp-relay", "--no-multicast-peers", "--use-auth-secret", "--fingerprint"):
+        assert flag in flags, flag
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    secret = services["livestyle"]["environment"]["LIVESTYLE_TURN_SECRET"]
+    assert flags["--static-auth-secret"] == [secret]  # one shared secret
+    ports = int(flags["--min-port"][0]), int(flags["--max-port"][0])
+    assert 1024 < ports[0] < ports[1]
