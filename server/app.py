@@ -20,6 +20,7 @@ from server.keys import ACCESS, CONFIG, ENGINE, ENGINE_SPEC, LIMITER, MAX_BODY, 
 from server.metrics import build_registry
 from server.sharing import add_routes as add_sharing_routes
 from server.sharing import ice_server_list
+from signaling.encoders import install_realtime_encoders
 from signaling.jitter import install_marker_release
 from signaling.protocol import PROTOCOL_VERSION
 from signaling.registry import SessionRegistry
@@ -52,6 +53,7 @@ def create_app(config: ServerConfig, engine_spec: EngineSpec | None = None) -> w
 
 async def _engine_and_sessions(app: web.Application) -> AsyncIterator[None]:
     install_marker_release()  # video frames leave aiortc's jitter buffer on their marker packet
+    install_realtime_encoders()  # cheaper encoder settings for the stylized stream
     config = app[CONFIG]
     engine = EngineClient(app[ENGINE_SPEC])
     engine.start()

@@ -4,6 +4,7 @@
 import asyncio
 import itertools
 import statistics
+import threading
 import time
 
 import numpy as np
@@ -16,6 +17,8 @@ from pipeline.config import EngineConfig
 from pipeline.preview import style_for_prompt, stylize_image
 from server.app import REGISTRY, create_app
 from server.config import ServerConfig
+from signaling.encoders import RealtimeH264Encoder, RealtimeVp8Encoder
+from signaling.jitter import MarkerJitterBuffer
 
 pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(120)]
 
@@ -45,13 +48,25 @@ def match_quality(clip, received, prompt):
     return to_styled, to_source
 
 
+def frame_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name in ("livestyle-reader", "livestyle-fanout")]
+
+
 async def test_davis_clip_streams_stylized_at_speed(preview_server, clip, record_property):
-    _, base = await preview_server()
+    srv, base = await preview_server()
     track = ClipTrack(clip, fps=30)
     async with ClientSession() as http:
         client = LoopbackClient(base, track, prompt=PROMPT_A)
         await client.connect(http)
         await client.wait_frames(5, timeout=15)
+        # The server's peer runs the marker-bit jitter buffer and the realtime encoder.
+        session = srv.app[REGISTRY].get(client.answer["session_id"])
+        assert session is not None
+        (receiver,) = session.pc.getReceivers()
+        (sender,) = session.pc.getSenders()
+        assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, MarkerJitterBuffer)
+        assert isinstance(sender._RTCRtpSender__encoder, RealtimeVp8Encoder | RealtimeH264Encoder)
+        assert len(frame_threads()) == 2  # the session's reader and fan-out workers
         start_count, t0 = len(client.received), time.monotonic()
         await asyncio.sleep(5.5)
         fps = (len(client.received) - start_count) / (time.monotonic() - t0)
@@ -156,6 +171,7 @@ async def test_vanished_and_silent_clients_are_reaped(preview_server, clip):
         while len(registry) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert len(registry) == 0
+        assert frame_threads() == []  # each closed session took its worker threads with it
         await silent.close()
 
 
