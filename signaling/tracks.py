@@ -116,11 +116,10 @@ class StylizedFanOut:
 
 
 def _frames_for(job: FanOutJob) -> TrackFrames:
-    """Worker thread: the engine's RGB output as one I420 frame per track. OpenCV converts
-    with the same BT.601 limited-range matrix as swscale at a fraction of the cost, and the
-    encoders take I420 as is instead of each converting the RGB frame again."""
+    """Worker thread: the engine's RGB output as one I420 frame per track (converted once;
+    the encoders take I420 as is instead of each converting the RGB frame again)."""
     out, tracks = job
-    i420: np.ndarray = cv2.cvtColor(out.image, cv2.COLOR_RGB2YUV_I420)  # the output side is a multiple of 64
+    i420 = to_i420(out.image)
     frames = []
     for track in tracks:
         frame = VideoFrame.from_ndarray(i420, format="yuv420p")
@@ -128,6 +127,13 @@ def _frames_for(job: FanOutJob) -> TrackFrames:
         frame.time_base = out.time_base
         frames.append((track, frame))
     return frames
+
+
+def to_i420(image: np.ndarray) -> np.ndarray:
+    """RGB (even sides: the engine's output side is a multiple of 64) to I420 planes.
+    OpenCV uses swscale's BT.601 limited-range matrix at a fraction of its cost."""
+    i420: np.ndarray = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)
+    return i420
 
 
 EngineInput = tuple[np.ndarray, int, Fraction]

@@ -10,26 +10,11 @@ from browser_support import ARTIFACTS, CHROMIUM, LiveServer, chromium_flags, wri
 from media import DAVIS_DIR, davis_clip, ping_pong
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from bench.transport import RECORD_PEERS_JS, VIDEO_RECEIVERS_JS
+
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
 WAIT_MS = 15_000
-
-# Keeps every RTCPeerConnection the page makes, so the test can look at its receivers.
-RECORD_PEERS_JS = """
-(() => {
-  const Native = window.RTCPeerConnection;
-  window.__peers = [];
-  window.RTCPeerConnection = class extends Native {
-    constructor(...args) { super(...args); window.__peers.push(this); }
-  };
-})();
-"""
-
-VIDEO_RECEIVERS_JS = """
-() => window.__peers.flatMap((pc) => pc.getReceivers())
-  .filter((r) => r.track.kind === "video")
-  .map((r) => ({target: r.jitterBufferTarget ?? null, hint: "playoutDelayHint" in r ? r.playoutDelayHint : "absent"}))
-"""
 
 
 @pytest.fixture(scope="module")
