@@ -50,7 +50,9 @@ class MarkerJitterBuffer:
     out, which drops the broken frames and asks for a keyframe, as aiortc does.
 
     At most one frame comes out per packet (the receiver's contract); when a late
-    packet completes several frames, the rest follow with the next packets.
+    packet completes several frames, the rest follow with the next packets. Work per
+    packet is constant on average, whatever a sender does (scans resume where the last
+    one stopped), so a hostile stream costs no more than aiortc's own buffer.
     """
 
     def __init__(self, capacity: int = VIDEO_CAPACITY) -> None:
@@ -60,9 +62,15 @@ class MarkerJitterBuffer:
         self._packets: list[RtpPacket | None] = [None] * capacity
         self._origin: int | None = None
         """Sequence number of the oldest slot."""
+        self._end = 0
+        """Slots from the origin to just past the newest packet held."""
         self._synced = True
         """The origin is a frame's first packet (False after packets were dropped, until a
         frame start is found)."""
+        self._scan = 0
+        """Where the next scan resumes. In sync: slots before it hold the origin's frame
+        (present, its timestamp, no marker). Out of sync: no slot before it is provably a
+        frame start."""
         self._before: RtpPacket | None = None
         """The last packet dropped, to tell whether the origin starts a frame; None when
         that slot was empty."""
@@ -84,17 +92,24 @@ class MarkerJitterBuffer:
             if behind >= MAX_MISORDER:
                 self._reset(seq)
                 pli = True
-            elif self._at_start and behind + self._span() <= self._capacity:
-                self._origin = seq  # the stream's first packets arrived out of order
+            elif self._at_start and behind + self._end <= self._capacity:
+                # The stream's first packets arrived out of order: the window grows back.
+                self._origin, self._end, self._scan = seq, self._end + behind, 0
             else:
                 return False, self._pop_frame()  # released or dropped already (a late duplicate)
         elif ahead >= self._capacity:
             self._drop(ahead - self._capacity + 1)
             pli = True
+        offset = _seq_distance(self._origin, seq)
         slot = seq % self._capacity
         held = self._packets[slot]
         if held is None or held.sequence_number != seq:  # a duplicate keeps the first copy
             self._packets[slot] = packet
+            self._end = max(self._end, offset + 1)
+            if not self._synced and offset < self._scan:
+                # Only this slot and the next can have become a frame start.
+                starts = (n for n in (offset, offset + 1) if n < self._capacity and self._starts_frame(n))
+                self._scan = next(starts, self._scan)
         return pli, self._pop_frame()
 
     # ---- internals ---------------------------------------------------------------------------
@@ -103,13 +118,10 @@ class MarkerJitterBuffer:
         assert self._origin is not None
         return self._packets[(self._origin + offset) % self._capacity]
 
-    def _span(self) -> int:
-        """Slots from the origin to the newest packet held, inclusive (0 when empty)."""
-        return next((n for n in range(self._capacity, 0, -1) if self._at(n - 1) is not None), 0)
-
     def _reset(self, seq: int) -> None:
         self._packets = [None] * self._capacity
         self._origin = seq
+        self._end = self._scan = 0
         self._synced = True
         self._before = None
         self._at_start = True
@@ -117,14 +129,17 @@ class MarkerJitterBuffer:
     def _drop(self, count: int) -> None:
         """Forget the `count` oldest slots (their frames can no longer be completed)."""
         assert self._origin is not None
-        if count >= self._capacity:
-            self._packets = [None] * self._capacity
-            self._before = None
-        else:
-            for offset in range(count):
-                self._before = self._at(offset)
-                self._packets[(self._origin + offset) % self._capacity] = None
+        self._before = self._at(count - 1) if 0 < count <= self._end else None
+        cleared = min(count, self._end)  # slots past the newest packet are empty already
+        first = self._origin % self._capacity
+        head = min(cleared, self._capacity - first)  # the ring wraps at most once
+        self._packets[first : first + head] = [None] * head
+        self._packets[: cleared - head] = [None] * (cleared - head)
         self._origin = (self._origin + count) & 0xFFFF
+        self._end = max(0, self._end - count)
+        # What was known of the slots kept still holds: none of them is a provable start.
+        # With none kept, only a slot next to a packet still to come can be one.
+        self._scan = max(0, self._scan - count) if self._end else (0 if self._starts_frame(0) else self._capacity)
         self._synced = False
         self._at_start = False
 
@@ -142,29 +157,32 @@ class MarkerJitterBuffer:
     def _sync(self) -> bool:
         """After a drop: move the origin to the first frame start held, dropping the
         broken frame's remains before it. False while none is held."""
-        if not self._synced:
-            offset = next((n for n in range(self._capacity) if self._starts_frame(n)), None)
-            if offset is None:
-                return False
-            if offset:
-                self._drop(offset)
-            self._synced = True
-        return True
+        if self._synced:
+            return True
+        last = min(self._end, self._capacity - 1)  # one past the newest packet may start a frame
+        while self._scan <= last:
+            if self._starts_frame(self._scan):
+                self._drop(self._scan)
+                self._synced, self._scan = True, 0
+                return True
+            self._scan += 1
+        return False
 
     def _frame_size(self) -> int | None:
         """Packets in the frame at the origin when all of them are here, else None."""
         first = self._at(0)
         if first is None:
             return None
-        for count in range(self._capacity):
-            packet = self._at(count)
+        while self._scan < self._end:
+            packet = self._at(self._scan)
             if packet is None:
                 return None  # a hole: wait until it is filled or pushed out
             if packet.timestamp != first.timestamp:
-                return count  # no marker: the next frame's first packet ended this one
+                return self._scan  # no marker: the next frame's first packet ended this one
             if packet.marker:
-                return count + 1
-        return None  # one frame fills the buffer; newer packets will push it out
+                return self._scan + 1
+            self._scan += 1
+        return None  # not finished yet (or one frame fills the buffer: newer packets push it out)
 
     def _pop_frame(self) -> JitterFrame | None:
         while self._sync():
@@ -180,7 +198,7 @@ class MarkerJitterBuffer:
     def _take(self, count: int) -> JitterFrame:
         packets = [self._at(offset) for offset in range(count)]
         self._drop(count)
-        self._synced = True
+        self._synced, self._scan = True, 0
         return JitterFrame(
             data=b"".join(p._data for p in packets),  # type: ignore[union-attr]
             timestamp=packets[0].timestamp,  # type: ignore[union-attr]

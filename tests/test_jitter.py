@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -258,6 +259,41 @@ def test_a_frame_that_never_ends_stays_within_capacity():
     (after,) = stream([2], first_seq=1001, first_ts=93_000)
     out, _ = feed(buffer, [rtp(1000, 90_000, True, b"x"), *after.packets])
     assert [f.data for _, f in out] == [after.data]
+
+
+def _hostile_streams() -> dict[str, list[RtpPacket]]:
+    rng = random.Random(7)
+    front_filling = []
+    for base in range(0, 5000, 600):  # jump ahead, then fill the window from the front
+        front_filling += [rtp(base + 511, 1000, False, b"x")] + [rtp(base + i, 1000, False, b"x") for i in range(511)]
+    return {
+        "one endless frame": [rtp(i, 1000, False, b"x") for i in range(5000)],
+        "random garbage": [
+            rtp(rng.randrange(65536), rng.choice([1, 2]), rng.random() < 0.01, b"x") for _ in range(5000)
+        ],
+        "front filling": front_filling,
+        "jumps of twice the capacity": [rtp(i * 1022, 1000, False, b"x") for i in range(5000)],
+        "newest first": [rtp(5000 - i, 90_000 + (5000 - i) // 3 * TS_STEP, i % 3 == 0, b"x") for i in range(5000)],
+    }
+
+
+@pytest.mark.parametrize("name", list(_hostile_streams()))
+def test_work_per_packet_stays_constant_whatever_the_sender_does(name, monkeypatch):
+    """Counted in slot reads, not time: every scan resumes where the last one stopped.
+    (A buffer that rescans its window reads up to `capacity` slots per packet.)"""
+    reads = 0
+    original = MarkerJitterBuffer._at
+
+    def counting(self, offset):
+        nonlocal reads
+        reads += 1
+        return original(self, offset)
+
+    monkeypatch.setattr(MarkerJitterBuffer, "_at", counting)
+    packets = _hostile_streams()[name]
+    feed(MarkerJitterBuffer(VIDEO_CAPACITY), packets)
+    print(f"\n{name}: {reads / len(packets):.1f} slot reads per packet")
+    assert reads / len(packets) < 8
 
 
 @pytest.mark.parametrize("capacity", [0, 3, 100])
