@@ -9,7 +9,7 @@ a DAVIS clip: `python -m bench.transport encode`, results in docs/transport.md):
 
 - VP8 noise-sensitivity=4 runs libvpx's temporal denoiser, meant for camera noise; the
   engine's output has none. Here it is off.
-- H.264 runs x264's default preset (medium). Here: veryfast (same PSNR), on one thread
+- H.264 runs x264's default preset (medium). Here: veryfast (PSNR close to medium's), on one thread
   instead of x264's sliced threads, so each viewer's encoder keeps to one core.
 
 Everything else (bitrates, which follow the receiver's REMB; keyframe interval;
