@@ -18,6 +18,8 @@ from aiohttp import ClientSession
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from signaling.jitter import install_marker_release
+
 VIDEO_CLOCK = 90_000
 MARK_BITS = 12
 MARK_CELL = 32
@@ -123,6 +125,7 @@ class LoopbackClient:
 
     async def connect(self, http: ClientSession, codec: str | None = None) -> None:
         """codec: 'VP8' or 'H264' to prefer one (default: aiortc's order)."""
+        install_marker_release()  # frames come out on their marker packet, as on the server
         transceiver = self.pc.addTransceiver(self.track, direction="sendrecv")
         if codec is not None:
             caps = RTCRtpSender.getCapabilities("video").codecs

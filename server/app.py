@@ -21,6 +21,8 @@ from server.keys import CONFIG, ENGINE, ENGINE_SPEC, GATE, MAX_BODY, METRICS, RE
 from server.metrics import build_registry
 from server.sharing import add_routes as add_sharing_routes
 from server.sharing import cors_middleware, ice_server_list
+from signaling.encoders import install_realtime_encoders
+from signaling.jitter import install_marker_release
 from signaling.protocol import PROTOCOL_VERSION
 from signaling.registry import SessionRegistry
 from signaling.session import SessionSettings, engine_json
@@ -70,6 +72,8 @@ def server_options(config: ServerConfig) -> dict[str, Any]:
 
 
 async def _engine_and_sessions(app: web.Application) -> AsyncIterator[None]:
+    install_marker_release()  # video frames leave aiortc's jitter buffer on their marker packet
+    install_realtime_encoders()  # cheaper encoder settings for the stylized stream
     config = app[CONFIG]
     engine = EngineClient(app[ENGINE_SPEC], runtime=config.runtime)
     engine.start()

@@ -1,5 +1,7 @@
 """Media tracks: the stylized outgoing tracks (fanned out to the broadcaster and its
-viewers) and the remote-track drain."""
+viewers) and the remote-track drain. The per-frame pixel work of both (scaling, colour
+conversion, building frames) runs on one worker thread each, never on the event loop;
+aiortc itself decodes on a thread per receiver and encodes on its executor."""
 
 from __future__ import annotations
 
@@ -8,13 +10,16 @@ import time
 from collections.abc import Callable
 from fractions import Fraction
 
+import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
 from pipeline.client import EngineSession, EngineUnavailable, SessionClosed
+from pipeline.messages import FrameOut
 from pipeline.slots import LatestSlot, SlotClosed
 from pipeline.stats import Counter, Histogram
+from signaling.offload import LatestWorker
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,10 @@ class StylizedVideoTrack(MediaStreamTrack):
         return frame
 
 
+FanOutJob = tuple[FrameOut, tuple[StylizedVideoTrack, ...]]
+TrackFrames = list[tuple[StylizedVideoTrack, VideoFrame]]
+
+
 class StylizedFanOut:
     """Offers each engine output (source pts/time_base, strictly increasing) to every
     subscribed track: viewers of a shared stream cost an encoder each, never another engine
@@ -83,6 +92,7 @@ class StylizedFanOut:
 
     async def run(self) -> None:
         """Until the engine session closes (owned and cancelled by the Session)."""
+        worker: LatestWorker[FanOutJob, TrackFrames] = LatestWorker("livestyle-fanout", _frames_for, self._offer)
         try:
             while True:
                 try:
@@ -92,14 +102,41 @@ class StylizedFanOut:
                 if self._last_pts is not None and out.pts <= self._last_pts:
                     continue  # never send time backwards (e.g. a sender that reset its clock)
                 self._last_pts = out.pts
-                for track in self._tracks:
-                    frame = VideoFrame.from_ndarray(out.image, format="rgb24")
-                    frame.pts = out.pts
-                    frame.time_base = out.time_base
-                    track.offer(frame)
+                if self._tracks:
+                    worker.put((out, tuple(self._tracks)))
         finally:
+            await worker.aclose()
             for track in list(self._tracks):
                 track.stop()
+
+    def _offer(self, frames: TrackFrames) -> None:
+        for track, frame in frames:
+            if track in self._tracks:  # not one that left while its frame was being made
+                track.offer(frame)
+
+
+def _frames_for(job: FanOutJob) -> TrackFrames:
+    """Worker thread: the engine's RGB output as one I420 frame per track (converted once;
+    the encoders take I420 as is instead of each converting the RGB frame again)."""
+    out, tracks = job
+    i420 = to_i420(out.image)
+    frames = []
+    for track in tracks:
+        frame = VideoFrame.from_ndarray(i420, format="yuv420p")
+        frame.pts = out.pts
+        frame.time_base = out.time_base
+        frames.append((track, frame))
+    return frames
+
+
+def to_i420(image: np.ndarray) -> np.ndarray:
+    """RGB (even sides: the engine's output side is a multiple of 64) to I420 planes.
+    OpenCV uses swscale's BT.601 limited-range matrix at a fraction of its cost."""
+    i420: np.ndarray = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)
+    return i420
+
+
+EngineInput = tuple[np.ndarray, int, Fraction]
 
 
 async def drain_video(
@@ -110,23 +147,36 @@ async def drain_video(
 ) -> None:
     """Pull every frame off the remote track as fast as it comes (aiortc's receive
     queue is unbounded, so not reading would grow it) and hand the newest to the
-    engine. Big camera frames are scaled down in swscale first (cheap, and the engine
-    only needs max_short_side pixels on the short side)."""
-    while True:
-        try:
-            frame = await track.recv()
-        except MediaStreamError:
-            return
-        on_frame()
-        if not isinstance(frame, VideoFrame) or frame.pts is None or frame.time_base is None:
-            continue
-        pts, tb = frame.pts, frame.time_base
-        w, h = frame.width, frame.height
-        if min(w, h) > max_short_side:
-            scale = max_short_side / min(w, h)
-            frame = frame.reformat(width=round(w * scale) // 2 * 2, height=round(h * scale) // 2 * 2)
-        # PyAV >= 19 uses its own rational type: hand the engine a plain Fraction.
-        submit(frame.to_ndarray(format="rgb24"), pts, Fraction(tb.numerator, tb.denominator))
+    engine, scaled and converted to RGB on a worker thread."""
+    worker: LatestWorker[VideoFrame, EngineInput] = LatestWorker(
+        "livestyle-reader", lambda frame: to_engine_input(frame, max_short_side), lambda args: submit(*args)
+    )
+    try:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            on_frame()
+            if isinstance(frame, VideoFrame) and frame.pts is not None and frame.time_base is not None:
+                worker.put(frame)
+    finally:
+        await worker.aclose()
+
+
+def to_engine_input(frame: VideoFrame, max_short_side: int) -> EngineInput:
+    """A decoded frame as (RGB array, pts, time_base). Big camera frames are scaled so
+    their short side is max_short_side (the engine needs no more), in the same swscale
+    pass as the colour conversion; area averaging is the right filter for shrinking."""
+    w, h = frame.width, frame.height
+    if min(w, h) > max_short_side:
+        scale = max_short_side / min(w, h)
+        w, h = round(w * scale) // 2 * 2, round(h * scale) // 2 * 2
+    rgb: np.ndarray = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    pts, tb = frame.pts, frame.time_base
+    assert pts is not None and tb is not None  # drain_video passes only timed frames
+    # PyAV >= 19 uses its own rational type: hand the engine a plain Fraction.
+    return rgb, pts, Fraction(tb.numerator, tb.denominator)
 
 
 async def drain_and_discard(track: MediaStreamTrack) -> None:

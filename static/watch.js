@@ -2,6 +2,7 @@
 // watch link (/watch/<token>) over WHEP. Receive-only: no camera, no control channel.
 import { AppError } from "./js/errors.js";
 import { canMeasureFps, watchFps } from "./js/fps.js";
+import { minimisePlayoutDelay } from "./js/session.js";
 import { WhepViewer } from "./js/whep.js";
 
 // A brief network blip reports "disconnected" and then recovers; only a longer
@@ -168,6 +169,7 @@ function handleConnectionState(pcState) {
 }
 
 function showStream(stream) {
+  for (const receiver of viewer?.pc.getReceivers() ?? []) minimisePlayoutDelay(receiver);
   el.video.srcObject = stream;
   // Muted autoplay normally needs no gesture; where it is still blocked (e.g. iOS
   // Low Power Mode) the native controls give the user a play button.

@@ -19,9 +19,10 @@ export class Session {
     this.pc.addEventListener("connectionstatechange", () =>
       call("onConnectionState")(this.pc.connectionState),
     );
-    this.pc.addEventListener("track", (e) =>
-      call("onTrack")(e.streams[0] ?? new MediaStream([e.track])),
-    );
+    this.pc.addEventListener("track", (e) => {
+      minimisePlayoutDelay(e.receiver);
+      call("onTrack")(e.streams[0] ?? new MediaStream([e.track]));
+    });
     // Created before createOffer so the offer carries the data channel (SCTP) section.
     this.channel = this.pc.createDataChannel(CHANNEL_LABEL, { ordered: true });
     this.channel.addEventListener("open", call("onChannelOpen"));
@@ -58,6 +59,14 @@ export class Session {
     for (const transceiver of this.pc.getTransceivers()) transceiver.stop?.();
     this.pc.close();
   }
+}
+
+/** Ask the browser to play a received track with as little buffering as it allows: the
+ * stylized video is live, so every frame held back is latency. A hint, not a setting;
+ * network jitter still makes the browser keep what it needs. */
+export function minimisePlayoutDelay(receiver) {
+  if ("jitterBufferTarget" in receiver) receiver.jitterBufferTarget = 0; // milliseconds (the standard)
+  if ("playoutDelayHint" in receiver) receiver.playoutDelayHint = 0; // seconds (older Chrome)
 }
 
 /** The server does not trickle ICE: offers go out once gathering is complete. */
