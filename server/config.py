@@ -73,6 +73,16 @@ class ServerConfig:
     """Lifetime of a watch link (it also ends when the broadcaster leaves or revokes it)."""
     turn: TurnConfig | None = None
     """TURN server with a shared secret: pages get short-lived credentials for it."""
+    # -- session liveness and the control channel
+    heartbeat_timeout_s: float = 6.0
+    """A connected session with neither video nor control messages for this long is closed
+    (the page pings every second; a WHIP publisher sends video only)."""
+    connect_timeout_s: float = 8.0
+    """A page, WHIP publisher or WHEP viewer not connected this long after its answer is dropped."""
+    control_rate: float = 20.0
+    """Control-channel messages a session may send per second; more get `rate_limited` and are dropped."""
+    control_burst: int = 40
+    """Control-channel messages a session may send at once before control_rate applies."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -105,6 +115,19 @@ class ServerConfig:
             raise ConfigError(f"max_viewers {self.max_viewers} is not allowed; use 0..1000")
         if not 60 <= self.watch_ttl_s <= 30 * 86400:
             raise ConfigError(f"watch_ttl_s {self.watch_ttl_s} is not allowed; use 60 s .. 30 days")
+        if not 2 <= self.heartbeat_timeout_s <= 3600:
+            raise ConfigError(
+                f"heartbeat timeout {self.heartbeat_timeout_s} s is not allowed; use 2..3600 (--heartbeat-timeout)"
+            )
+        if not 1 <= self.connect_timeout_s <= 600:
+            raise ConfigError(
+                f"connect timeout {self.connect_timeout_s} s is not allowed; use 1..600 (--connect-timeout)"
+            )
+        if not 1 <= self.control_rate <= 10_000 or not 1 <= self.control_burst <= 100_000:
+            raise ConfigError(
+                f"control rate {self.control_rate}/s with burst {self.control_burst} is not allowed; use "
+                "1..10000 per second and a burst of 1..100000 (--control-rate, --control-burst)"
+            )
 
 
 def parse_ice_server(text: str) -> IceServer:
@@ -200,6 +223,30 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--turn-url", action="append", help="TURN URL for short-lived credentials, repeatable")
     g.add_argument("--turn-secret", help="the TURN server's static-auth-secret (LIVESTYLE_TURN_SECRET)")
     g.add_argument("--turn-ttl", type=int, help="seconds a TURN credential stays valid (default 3600)")
+    g = p.add_argument_group("session liveness and control channel")
+    d = ServerConfig
+    g.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        help="seconds without video or control messages before a session closes "
+        f"(LIVESTYLE_HEARTBEAT_TIMEOUT, default {d.heartbeat_timeout_s:g})",
+    )
+    g.add_argument(
+        "--connect-timeout",
+        type=float,
+        help=f"seconds a new peer has to connect after its answer (LIVESTYLE_CONNECT_TIMEOUT, default "
+        f"{d.connect_timeout_s:g})",
+    )
+    g.add_argument(
+        "--control-rate",
+        type=float,
+        help=f"control messages per second per session (LIVESTYLE_CONTROL_RATE, default {d.control_rate:g})",
+    )
+    g.add_argument(
+        "--control-burst",
+        type=int,
+        help=f"control messages a session may send at once (LIVESTYLE_CONTROL_BURST, default {d.control_burst})",
+    )
     add_engine_arguments(p)
     return p
 
@@ -218,6 +265,10 @@ _SERVER_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "offer_rate": ("LIVESTYLE_OFFER_RATE", float, "offer_rate_per_min"),
     "max_viewers": ("LIVESTYLE_MAX_VIEWERS", int, "max_viewers"),
     "watch_ttl": ("LIVESTYLE_WATCH_TTL", float, "watch_ttl_s"),
+    "heartbeat_timeout": ("LIVESTYLE_HEARTBEAT_TIMEOUT", float, "heartbeat_timeout_s"),
+    "connect_timeout": ("LIVESTYLE_CONNECT_TIMEOUT", float, "connect_timeout_s"),
+    "control_rate": ("LIVESTYLE_CONTROL_RATE", float, "control_rate"),
+    "control_burst": ("LIVESTYLE_CONTROL_BURST", int, "control_burst"),
 }
 _ENGINE_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "engine": ("LIVESTYLE_ENGINE", str, "kind"),
