@@ -3,7 +3,7 @@
     python tests/peer_process.py BASE_URL
 
 It streams a DAVIS clip to BASE_URL's /offer and prints {"event": "streaming",
-"session_id": ...} to stdout once frames come back. Lines on stdin steer it: "flood RATE"
+"session_id", "close_url", "close_secret"} to stdout once frames come back. Lines on stdin steer it: "flood RATE"
 sends RATE control messages a second (distinct set_prompt messages mixed with garbage),
 "calm" stops that. Runs until killed or stdin closes."""
 
@@ -67,7 +67,13 @@ async def main() -> None:
         client = LoopbackClient(args.base_url, track)
         await client.connect(http)
         await client.wait_frames(5, timeout=30)
-        emit(event="streaming", session_id=client.answer["session_id"])
+        answer = client.answer
+        emit(
+            event="streaming",
+            session_id=answer["session_id"],
+            close_url=answer["close_url"],
+            close_secret=answer["close_secret"],
+        )
         await steer(client)
 
 
