@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from aiohttp import web
 from pipeline.client import EngineUnavailable
 from server.access import RateLimited, Unauthorized
 from server.keys import MAX_BODY
+from signaling.protocol import ProtocolError
 from signaling.registry import BadOffer, SessionLimitReached
 from signaling.viewers import ViewersFull, WatchNotFound
 
@@ -50,6 +52,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(400, exc.code, exc.message)
     except BadOffer as exc:
         return error_response(400, "bad_offer", str(exc))
+    except ProtocolError as exc:  # a control request over HTTP (WHIP prompt): same codes as the data channel
+        if exc.code == "rate_limited":
+            retry = str(max(1, math.ceil(exc.retry_after_s or 1)))
+            return error_response(429, exc.code, exc.message, {"Retry-After": retry})
+        return error_response(400, exc.code, exc.message)
     except Unauthorized:
         return error_response(
             401, "unauthorized", "a valid access token is required", {"WWW-Authenticate": 'Bearer realm="livestyle"'}

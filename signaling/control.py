@@ -53,6 +53,10 @@ class TokenBucket:
         self._tokens -= 1.0
         return True
 
+    def wait_s(self) -> float:
+        """Seconds until take() can succeed again (after a refused one)."""
+        return max(0.0, 1.0 - self._tokens) / self.rate
+
 
 class ErrorTally:
     """Per-session log of rejected messages with bounded volume and memory: the first
@@ -138,6 +142,23 @@ class ControlChannel:
         if ch is not None and ch.readyState == "open":
             ch.send(encode_server_message(msg))
 
+    def admit_http(self) -> None:
+        """Charge a control request that came over HTTP (a WHIP stream's prompt endpoint) to
+        the same bucket; ProtocolError rate_limited, with retry_after_s, beyond it."""
+        now = self._clock()
+        self.received += 1
+        if not self._bucket.take(now):
+            self.rate_limited += 1
+            self._tally.record("rate_limited", "over the control-message rate (HTTP)", now)
+            raise ProtocolError("rate_limited", self._rate_message(), retry_after_s=self._bucket.wait_s())
+
+    def _rate_message(self) -> str:
+        limits = self._limits
+        return (
+            f"too many control messages: at most {limits.rate_per_s:g} a second "
+            f"(bursts of {limits.burst}); messages beyond that are dropped"
+        )
+
     def note_error(self, code: str, detail: str) -> None:
         """A problem with this peer's control traffic that has no one to answer: log it summarised."""
         self._tally.record(code, detail, self._clock())
@@ -159,13 +180,7 @@ class ControlChannel:
             self._tally.record("rate_limited", "over the control-message rate", now)
             if self._rate_reply_at is None or now - self._rate_reply_at >= self._limits.rate_limited_reply_s:
                 self._rate_reply_at = now
-                self.send(
-                    ErrorMsg(
-                        code="rate_limited",
-                        message=f"too many control messages: at most {self._limits.rate_per_s:g} a second "
-                        f"(bursts of {self._limits.burst}); messages beyond that are dropped",
-                    )
-                )
+                self.send(ErrorMsg(code="rate_limited", message=self._rate_message()))
             return
         try:
             self._dispatch(parse_client_message(raw, self._max_prompt_chars))

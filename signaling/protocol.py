@@ -31,11 +31,13 @@ CHANNEL_LABEL = "control"
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, seq: int | None = None) -> None:
+    def __init__(self, code: str, message: str, seq: int | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.seq = seq
+        self.retry_after_s = retry_after_s
+        """For code rate_limited: when the next message will be accepted."""
 
 
 # ---- client -> server -------------------------------------------------------------------

@@ -36,6 +36,7 @@ from signaling.protocol import (
     StatsMsg,
     ViewersMsg,
     WatchMsg,
+    check_prompt,
 )
 from signaling.tracks import StylizedFanOut, StylizedVideoTrack, drain_and_discard, drain_video
 from signaling.viewers import Audience, WatchLink
@@ -186,18 +187,22 @@ class Session:
         else:
             try:
                 if isinstance(msg, SetPromptMsg):
-                    self.set_prompt(msg.prompt, msg.seq)
+                    self._apply_prompt(msg.prompt, msg.seq)
                 else:
                     self.log.debug("set_adapter_strength seq=%d %.2f", msg.seq, msg.value)
                     self.engine.set_adapter_strength(msg.value, msg.seq)
             except EngineUnavailable as exc:  # the engine is gone: tell the client
                 raise ProtocolError("engine_failed", str(exc), msg.seq) from None
 
-    def set_prompt(self, prompt: str, seq: int | None = None) -> int:
-        """Change the style: with the client's seq (data channel; echoed as is in
-        prompt_applied), or numbered here (a WHIP publisher's control endpoint)."""
-        if seq is None:
-            seq = self._prompt_seq + 1
+    def set_prompt(self, prompt: str) -> int:
+        """Change the style from outside the data channel (a WHIP publisher's control endpoint):
+        same rate limit and checks as set_prompt messages; returns the seq given to it.
+        Raises ProtocolError (rate_limited with retry_after_s, or why the prompt is refused)."""
+        self.control.admit_http()
+        return self._apply_prompt(check_prompt(prompt, self._info.max_prompt_chars), self._prompt_seq + 1)
+
+    def _apply_prompt(self, prompt: str, seq: int) -> int:
+        """seq: the client's (echoed as is in prompt_applied) or numbered here."""
         self._prompt_seq = max(self._prompt_seq, seq)
         self.log.debug("set_prompt seq=%d %r", seq, prompt[:80])
         self.engine.set_prompt(prompt, seq)

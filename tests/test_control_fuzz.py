@@ -10,13 +10,14 @@ from dataclasses import dataclass
 
 import pytest
 from aiohttp import ClientSession
+from aiortc import RTCPeerConnection
 from aiortc.rtcsctptransport import WEBRTC_DCEP, WEBRTC_STRING
 from fakes import FakeDataChannel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from media import ClipTrack, LoopbackClient, davis_clip, ping_pong
 
-from server.app import REGISTRY
+from server.app import ENGINE, REGISTRY
 from signaling.control import ControlChannel, ControlLimits
 from signaling.protocol import PingMsg, PongMsg, ProtocolError, SetPromptMsg
 from signaling.session import SessionLog
@@ -227,3 +228,59 @@ async def test_malformed_messages_over_a_real_session_get_errors_and_video_keeps
         session = next(iter(srv.app[REGISTRY]._sessions.values()))
         assert session.pc.connectionState == "connected"
         await client.close()
+
+
+# ---- the same checks and limit on the HTTP ways in --------------------------------------------
+
+
+async def whip_session(http, base: str) -> str:
+    """A WHIP session (it never connects; it lives until the connect timeout): its resource path."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    async with http.post(f"{base}/whip", data=sdp, headers={"Content-Type": "application/sdp"}) as r:
+        assert r.status == 201, await r.text()
+        location = r.headers["Location"]
+    await pc.close()
+    return location
+
+
+@pytest.mark.server
+@pytest.mark.timeout(60)
+async def test_whip_prompt_endpoint_is_checked_and_rate_limited_like_the_data_channel(preview_server):
+    srv, base = await preview_server(control_rate=2, control_burst=5)
+    async with ClientSession() as http:
+        url = f"{base}{await whip_session(http, base)}/prompt"
+        # An unpaired surrogate crashed the engine's UTF-8 encoder: one request ended every session.
+        async with http.post(url, data=b'{"prompt": "\\ud800 oil"}') as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "prompt_invalid"
+        statuses = []
+        for i in range(12):
+            async with http.post(url, json={"prompt": f"style {i}"}) as resp:
+                statuses.append(resp.status)
+                if resp.status == 429:
+                    retry_after = int(resp.headers["Retry-After"])
+                    assert (await resp.json())["error"]["code"] == "rate_limited"
+        assert statuses[:4] == [202] * 4 and statuses[-1] == 429  # the burst (one went to the bad prompt)
+        assert 1 <= retry_after <= 2
+        async with http.get(f"{base}/healthz") as resp:
+            assert (await resp.json())["status"] == "ok"
+        assert srv.app[ENGINE].state == "ready"
+
+
+@pytest.mark.server
+async def test_offer_with_an_unusable_prompt_is_refused(preview_server):
+    srv, base = await preview_server()
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    async with ClientSession() as http:
+        for prompt in ("\ud800", "a\x00b", "x" * 1000):
+            body = json.dumps({"sdp": pc.localDescription.sdp, "type": "offer", "prompt": prompt})
+            async with http.post(f"{base}/offer", data=body) as resp:
+                assert resp.status == 400
+                assert (await resp.json())["error"]["code"] == "bad_offer"
+    await pc.close()
+    assert len(srv.app[REGISTRY]) == 0 and srv.app[ENGINE].state == "ready"
