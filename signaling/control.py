@@ -77,7 +77,7 @@ class ErrorTally:
         self.flush(now)
         if self._window_start is None:
             self._window_start = now
-            self._log.log(level, "control message rejected: %s (%s)", code, detail, exc_info=exc_info)
+            self._log.log(level, "control error %s: %s", code, detail, exc_info=exc_info)
             return
         if code in self._counts or len(self._counts) < self.MAX_CODES:
             self._counts[code] = self._counts.get(code, 0) + 1
@@ -91,9 +91,7 @@ class ErrorTally:
         if self._counts:
             total = sum(self._counts.values())
             by_code = ", ".join(f"{code}={n}" for code, n in sorted(self._counts.items(), key=lambda kv: -kv[1]))
-            self._log.info(
-                "rejected %d more control messages in the last %.0f s: %s", total, now - self._window_start, by_code
-            )
+            self._log.info("%d more control errors in the last %.0f s: %s", total, now - self._window_start, by_code)
         self._window_start = None
         self._counts = {}
 
