@@ -143,12 +143,17 @@ class ControlChannel:
     def admit_http(self) -> None:
         """Charge a control request that came over HTTP (a WHIP stream's prompt endpoint) to
         the same bucket; ProtocolError rate_limited, with retry_after_s, beyond it."""
-        now = self._clock()
-        self.received += 1
-        if not self._bucket.take(now):
-            self.rate_limited += 1
-            self._tally.record("rate_limited", "over the control-message rate (HTTP)", now)
+        if not self._admit(self._clock(), "over the control-message rate (HTTP)"):
             raise ProtocolError("rate_limited", self._rate_message(), retry_after_s=self._bucket.wait_s())
+
+    def _admit(self, now: float, detail: str) -> bool:
+        """One message against the bucket; False (counted, logged summarised) when over it."""
+        self.received += 1
+        if self._bucket.take(now):
+            return True
+        self.rate_limited += 1
+        self._tally.record("rate_limited", detail, now)
+        return False
 
     def _rate_message(self) -> str:
         limits = self._limits
@@ -172,10 +177,7 @@ class ControlChannel:
     def _on_message(self, raw: str | bytes) -> None:
         now = self._clock()
         self.last_message_at = now
-        self.received += 1
-        if not self._bucket.take(now):
-            self.rate_limited += 1
-            self._tally.record("rate_limited", "over the control-message rate", now)
+        if not self._admit(now, "over the control-message rate"):
             if self._rate_reply_at is None or now - self._rate_reply_at >= self._limits.rate_limited_reply_s:
                 self._rate_reply_at = now
                 self.send(ErrorMsg(code="rate_limited", message=self._rate_message()))
