@@ -117,6 +117,10 @@ class Audience:
     def get(self, viewer_id: str) -> Viewer | None:
         return self._viewers.get(viewer_id)
 
+    def values(self) -> list[Viewer]:
+        """The viewers now (a copy: closing one while iterating is fine)."""
+        return list(self._viewers.values())
+
     async def add(self, offer_sdp: str, rtc_config: RTCConfiguration, max_viewers: int) -> tuple[Viewer, str]:
         """A receive-only peer for a viewer; returns it and the answer SDP."""
         if len(self._viewers) >= max_viewers:
@@ -149,8 +153,8 @@ class Audience:
 
     def disconnect(self) -> None:
         """Close every viewer (a revoked link) from code that cannot await."""
-        for viewer in list(self._viewers.values()):
+        for viewer in self.values():
             viewer.close_soon()
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(v.aclose() for v in list(self._viewers.values())), return_exceptions=True)
+        await asyncio.gather(*(v.aclose() for v in self.values()), return_exceptions=True)
