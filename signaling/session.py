@@ -39,7 +39,7 @@ from signaling.protocol import (
     check_prompt,
 )
 from signaling.tracks import StylizedFanOut, StylizedVideoTrack, drain_and_discard, drain_video
-from signaling.viewers import Audience, WatchLink
+from signaling.viewers import Audience, BadSdp, WatchLink  # noqa: F401 - BadSdp: importers of the name from here
 
 log = logging.getLogger(__name__)
 
