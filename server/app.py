@@ -21,6 +21,7 @@ from server.keys import CONFIG, ENGINE, ENGINE_SPEC, GATE, MAX_BODY, METRICS, RE
 from server.metrics import build_registry
 from server.sharing import add_routes as add_sharing_routes
 from server.sharing import cors_middleware, ice_server_list
+from signaling.control import ControlLimits
 from signaling.encoders import install_realtime_encoders
 from signaling.jitter import install_marker_release
 from signaling.protocol import PROTOCOL_VERSION
@@ -51,6 +52,7 @@ def create_app(config: ServerConfig, engine_spec: EngineSpec | None = None) -> w
     app.router.add_get("/api/config", client_config)
     add_sharing_routes(app)
     app.router.add_get("/static/{name:.+}", _static_files())
+    app.router.add_post("/session/{session_id}/close", close_session)
     return app
 
 
@@ -80,7 +82,13 @@ async def _engine_and_sessions(app: web.Application) -> AsyncIterator[None]:
     registry = SessionRegistry(
         engine,
         max_sessions=config.max_sessions,
-        settings=SessionSettings(idle_timeout_s=config.idle_timeout_s, max_short_side=config.engine.size),
+        settings=SessionSettings(
+            idle_timeout_s=config.idle_timeout_s,
+            max_short_side=config.engine.size,
+            heartbeat_timeout_s=config.heartbeat_timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
+            control=ControlLimits(rate_per_s=config.control_rate, burst=config.control_burst),
+        ),
         ice_servers=config.ice_servers,
         max_viewers=config.max_viewers,
         watch_ttl_s=config.watch_ttl_s,
@@ -132,8 +140,23 @@ async def offer(request: web.Request) -> web.Response:
             "type": answer.type,
             "session_id": session.id,
             "engine": engine_json(engine.info, engine.state),
+            # The page POSTs the secret here when it goes away (sendBeacon on pagehide).
+            "close_url": f"/session/{session.id}/close",
+            "close_secret": session.close_secret,
         }
     )
+
+
+async def close_session(request: web.Request) -> web.Response:
+    """End a page's session at once (pagehide). The body is the session's close secret from
+    the /offer answer; a wrong secret and an unknown session get the same 404."""
+    body = await request.read()
+    secret = body.decode("utf-8", errors="replace").strip()
+    session = request.app[REGISTRY].closable(request.match_info["session_id"], secret)
+    if session is None:
+        raise web.HTTPNotFound(text="no such session")
+    await session.aclose("closed by the page")
+    return web.Response(status=204)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -85,6 +85,16 @@ class ServerConfig:
     body_timeout_s: float = 10.0
     """Seconds a request body may take to arrive in full; a slower or shorter-than-announced
     body gets 408 and the connection is closed."""
+    # -- session liveness and the control channel
+    heartbeat_timeout_s: float = 6.0
+    """A connected session with neither video nor control messages for this long is closed
+    (the page pings every second; a WHIP publisher sends video only)."""
+    connect_timeout_s: float = 8.0
+    """A page, WHIP publisher or WHEP viewer not connected this long after its answer is dropped."""
+    control_rate: float = 20.0
+    """Control-channel messages a session may send per second; more get `rate_limited` and are dropped."""
+    control_burst: int = 40
+    """Control-channel messages a session may send at once before control_rate applies."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -121,6 +131,19 @@ class ServerConfig:
             value = getattr(self, name)
             if not 0.5 <= value <= 600:
                 raise ConfigError(f"{name} {value} is not allowed; use 0.5..600 seconds ({flag})")
+        if not 2 <= self.heartbeat_timeout_s <= 3600:
+            raise ConfigError(
+                f"heartbeat timeout {self.heartbeat_timeout_s} s is not allowed; use 2..3600 (--heartbeat-timeout)"
+            )
+        if not 1 <= self.connect_timeout_s <= 600:
+            raise ConfigError(
+                f"connect timeout {self.connect_timeout_s} s is not allowed; use 1..600 (--connect-timeout)"
+            )
+        if not 1 <= self.control_rate <= 10_000 or not 1 <= self.control_burst <= 100_000:
+            raise ConfigError(
+                f"control rate {self.control_rate}/s with burst {self.control_burst} is not allowed; use "
+                "1..10000 per second and a burst of 1..100000 (--control-rate, --control-burst)"
+            )
 
 
 def parse_ice_server(text: str) -> IceServer:
@@ -228,6 +251,30 @@ def _build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds a client may take to send a request body (LIVESTYLE_BODY_TIMEOUT, default 10)",
     )
+    g = p.add_argument_group("session liveness and control channel")
+    d = ServerConfig
+    g.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        help="seconds without video or control messages before a session closes "
+        f"(LIVESTYLE_HEARTBEAT_TIMEOUT, default {d.heartbeat_timeout_s:g})",
+    )
+    g.add_argument(
+        "--connect-timeout",
+        type=float,
+        help=f"seconds a new peer has to connect after its answer (LIVESTYLE_CONNECT_TIMEOUT, default "
+        f"{d.connect_timeout_s:g})",
+    )
+    g.add_argument(
+        "--control-rate",
+        type=float,
+        help=f"control messages per second per session (LIVESTYLE_CONTROL_RATE, default {d.control_rate:g})",
+    )
+    g.add_argument(
+        "--control-burst",
+        type=int,
+        help=f"control messages a session may send at once (LIVESTYLE_CONTROL_BURST, default {d.control_burst})",
+    )
     add_engine_arguments(p)
     _add_runtime_arguments(p)
     return p
@@ -282,6 +329,10 @@ _SERVER_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "watch_ttl": ("LIVESTYLE_WATCH_TTL", float, "watch_ttl_s"),
     "header_timeout": ("LIVESTYLE_HEADER_TIMEOUT", float, "header_timeout_s"),
     "body_timeout": ("LIVESTYLE_BODY_TIMEOUT", float, "body_timeout_s"),
+    "heartbeat_timeout": ("LIVESTYLE_HEARTBEAT_TIMEOUT", float, "heartbeat_timeout_s"),
+    "connect_timeout": ("LIVESTYLE_CONNECT_TIMEOUT", float, "connect_timeout_s"),
+    "control_rate": ("LIVESTYLE_CONTROL_RATE", float, "control_rate"),
+    "control_burst": ("LIVESTYLE_CONTROL_BURST", int, "control_burst"),
 }
 _ENGINE_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "engine": ("LIVESTYLE_ENGINE", str, "kind"),

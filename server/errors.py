@@ -6,6 +6,7 @@ its traceback)."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pipeline.client import EngineUnavailable
 from server.access import RateLimited, Unauthorized
 from server.keys import MAX_BODY
+from signaling.protocol import ProtocolError
 from signaling.registry import BadOffer, SessionLimitReached
 from signaling.trickle import BadFragment, IceRestartUnsupported, StaleIceSession
 from signaling.viewers import ViewersFull, WatchNotFound
@@ -72,6 +74,11 @@ def _from_exception(request: web.Request, exc: Exception) -> web.Response | None
         return response
     if isinstance(exc, BadOffer):
         return error_response(400, "bad_offer", str(exc))
+    if isinstance(exc, ProtocolError):  # a control request over HTTP (WHIP prompt): the data channel's codes
+        if exc.code == "rate_limited":
+            retry = str(max(1, math.ceil(exc.retry_after_s or 1)))
+            return error_response(429, exc.code, exc.message, {hdrs.RETRY_AFTER: retry})
+        return error_response(400, exc.code, exc.message)
     if isinstance(exc, BadFragment):
         return error_response(400, "bad_fragment", str(exc))
     if isinstance(exc, IceRestartUnsupported):  # RFC 9725 4.3.1: 422 for the PATCH kind not supported

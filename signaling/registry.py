@@ -4,6 +4,7 @@ reaps sessions when their connection fails, closes or goes idle."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
 import time
@@ -15,9 +16,10 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from pipeline.client import EngineClient, EngineUnavailable
 from signaling.ice import IceServer
 from signaling.offer_check import check_offer
-from signaling.session import BadSdp, Session, SessionKind, SessionSettings, SignalingStats
+from signaling.protocol import ProtocolError, check_prompt
+from signaling.session import Session, SessionKind, SessionSettings, SignalingStats
 from signaling.trickle import StaleIceSession, apply_fragment, ice_etag, parse_fragment
-from signaling.viewers import Viewer, WatchLink, WatchNotFound
+from signaling.viewers import BadSdp, Viewer, WatchLink, WatchNotFound
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,13 @@ class SessionRegistry:
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
+    def closable(self, session_id: str, secret: str) -> Session | None:
+        """The session if `secret` is its close secret (what the page sends when it goes away)."""
+        session = self._sessions.get(session_id)
+        if session is None or not hmac.compare_digest(session.close_secret.encode(), secret.encode(errors="replace")):
+            return None
+        return session
+
     def viewer_count(self) -> int:
         return sum(len(s.viewers) for s in self._sessions.values())
 
@@ -84,10 +93,10 @@ class SessionRegistry:
         if sdp_type != "offer":
             raise BadOffer(f"type must be 'offer', got {sdp_type[:40]!r}")
         check_offer(sdp)
-        if len(prompt) > self.engine.info.max_prompt_chars:
-            raise BadOffer(
-                f"prompt has {len(prompt)} characters; at most {self.engine.info.max_prompt_chars} are allowed"
-            )
+        try:
+            prompt = check_prompt(prompt, self.engine.info.max_prompt_chars)
+        except ProtocolError as exc:
+            raise BadOffer(exc.message) from None
         if len(self._sessions) + self._pending >= self.max_sessions:
             self.stats.sessions_rejected.inc()
             raise SessionLimitReached(self.max_sessions)
@@ -173,7 +182,7 @@ class SessionRegistry:
             self._watch.pop(session.watch.token, None)
             session.watch = None
             session.log.info("watch link revoked")
-            session.disconnect_viewers()
+            session.viewers.disconnect()
 
     def resolve_watch(self, token: str) -> Session:
         link = self._watch.get(token)
@@ -187,7 +196,7 @@ class SessionRegistry:
     async def add_viewer(self, token: str, offer_sdp: str) -> tuple[Session, Viewer, str]:
         session = self.resolve_watch(token)
         check_offer(offer_sdp)
-        viewer, answer = await session.add_viewer(offer_sdp, self.rtc_configuration(), self.max_viewers)
+        viewer, answer = await session.viewers.add(offer_sdp, self.rtc_configuration(), self.max_viewers)
         closed = viewer.on_closed
 
         async def remember_then_close(v: Viewer) -> None:  # however it ends: DELETE, drop, broadcaster gone

@@ -1,6 +1,7 @@
-"""One browser session: an RTCPeerConnection, its tracks, its control channel and
+"""One browser or WHIP session: an RTCPeerConnection, its tracks, its control channel and
 the engine session behind them. The Session owns every task it starts and cancels
-them all in aclose()."""
+them all in aclose(). A session that never connects, or whose peer goes silent (no video
+and no control messages), is closed within seconds so its slot comes back."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 
 from pipeline.client import EngineSession, EngineUnavailable
 from pipeline.messages import EngineFailed, EngineInfo, PromptApplied, SessionError
 from pipeline.slots import SlotClosed
 from pipeline.stats import Counter, Histogram
+from signaling.control import ControlChannel, ControlLimits, guard_sctp
 from signaling.protocol import (
     CHANNEL_LABEL,
+    ClientMessage,
     CreateWatchMsg,
     ErrorMsg,
     HelloMsg,
@@ -29,23 +32,16 @@ from signaling.protocol import (
     PromptAppliedMsg,
     ProtocolError,
     RevokeWatchMsg,
-    ServerMessage,
-    SetAdapterStrengthMsg,
     SetPromptMsg,
     StatsMsg,
     ViewersMsg,
     WatchMsg,
-    encode_server_message,
-    parse_client_message,
+    check_prompt,
 )
 from signaling.tracks import StylizedFanOut, StylizedVideoTrack, drain_and_discard, drain_video
-from signaling.viewers import Viewer, ViewersFull, WatchLink
+from signaling.viewers import Audience, BadSdp, WatchLink  # noqa: F401 - BadSdp: importers of the name from here
 
 log = logging.getLogger(__name__)
-
-
-class BadSdp(ValueError):
-    """An SDP offer that cannot be used; the message says why, for the client."""
 
 
 class SessionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -71,6 +67,13 @@ class SessionSettings:
     stats_interval_s: float = 1.0
     max_short_side: int = 512
     """Camera frames are scaled so their short side is at most this before the engine."""
+    heartbeat_timeout_s: float = 6.0
+    """Close a connected session after this long with neither video nor control messages
+    (the page pings every second; a WHIP publisher only sends video)."""
+    connect_timeout_s: float = 8.0
+    """Close a peer (page, WHIP publisher, WHEP viewer) not connected this long after its answer."""
+    control: ControlLimits = field(default_factory=ControlLimits)
+    """Rate limit and error logging of the control channel."""
 
 
 def engine_json(info: EngineInfo, state: str) -> dict[str, Any]:
@@ -110,9 +113,11 @@ class Session:
         self._settings = settings
         self._stats = stats
         self._on_closed = on_closed
-        self._channel: RTCDataChannel | None = None
+        self.control = ControlChannel(self.log, settings.control, engine_info.max_prompt_chars, self._dispatch)
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_frame_at = time.monotonic()
+        self._started_at = time.monotonic()
+        self._connected_at: float | None = None
         self._closing: asyncio.Task[None] | None = None
         self.kind = kind
         self.fanout = StylizedFanOut(engine, stats.encode_ms, stats.frames_sent)
@@ -120,9 +125,13 @@ class Session:
         self.output: StylizedVideoTrack | None = self.fanout.subscribe() if kind == "browser" else None
         self.has_video = False
         self.watch: WatchLink | None = None
-        self.viewers: dict[str, Viewer] = {}
+        self.viewers = Audience(
+            self.fanout, self.log, lambda n: self.control.send(ViewersMsg(count=n)), settings.connect_timeout_s
+        )
         self._watch_directory = watch_directory
         self._prompt_seq = 0
+        # Lets the page free its slot at once when it goes away (POST with this secret).
+        self.close_secret = secrets.token_urlsafe(16)
 
     # ---- wiring (before the answer is made) ---------------------------------------------
 
@@ -140,19 +149,16 @@ class Session:
             self._spawn(drain_and_discard(track), f"drain-{track.kind}")
 
     def on_datachannel(self, channel: RTCDataChannel) -> None:
-        if channel.label != CHANNEL_LABEL or self._channel is not None:
-            self.log.info("closing unexpected data channel %r", channel.label)
+        if channel.label != CHANNEL_LABEL or self.control.attached:
+            self.log.info("closing unexpected data channel %r", channel.label[:40])
             channel.close()
             return
-        self._channel = channel
-        channel.on("message", self._on_message)
-        if channel.readyState == "open":
-            self._hello()
-        else:
-            channel.on("open", self._hello)
+        guard_sctp(channel.transport, self.control.note_error)
+        self.control.attach(channel, self._hello)
 
     def start(self) -> None:
         """After the answer: start the tasks that run for the session's life."""
+        self._started_at = time.monotonic()
         self._spawn(self.fanout.run(), "fanout")
         self._spawn(self._forward_events(), "events")
         self._spawn(self._tick(), "stats")
@@ -160,100 +166,47 @@ class Session:
 
     # ---- control channel ---------------------------------------------------------------------
 
-    def _send(self, msg: ServerMessage) -> None:
-        ch = self._channel
-        if ch is not None and ch.readyState == "open":
-            ch.send(encode_server_message(msg))
-
     def _hello(self) -> None:
-        self._send(HelloMsg(session_id=self.id, engine=engine_json(self._info, "ready")))
+        self.control.send(HelloMsg(session_id=self.id, engine=engine_json(self._info, "ready")))
 
-    def _on_message(self, raw: str | bytes) -> None:
-        try:
-            msg = parse_client_message(raw, self._info.max_prompt_chars)
-        except ProtocolError as exc:
-            self.log.info("rejected control message: %s (%s)", exc.code, exc.message)
-            self._send(ErrorMsg(code=exc.code, message=exc.message, seq=exc.seq))
-            return
+    def _dispatch(self, msg: ClientMessage) -> None:
+        """A valid control message; ProtocolError becomes the client's `error` reply."""
         if isinstance(msg, PingMsg):
-            self._send(PongMsg(t=msg.t))
+            self.control.send(PongMsg(t=msg.t))
         elif isinstance(msg, CreateWatchMsg):
             if self._watch_directory is None:
-                self._send(ErrorMsg(code="sharing_unavailable", message="sharing is not enabled on this server"))
-                return
+                raise ProtocolError("sharing_unavailable", "sharing is not enabled on this server")
             link = self._watch_directory.create_watch(self)
-            self._send(
-                WatchMsg(token=link.token, path=link.path, expires_in_s=round(link.expires_at - time.monotonic()))
-            )
-            self._send(ViewersMsg(count=len(self.viewers)))
+            expires_in_s = round(link.expires_at - time.monotonic())
+            self.control.send(WatchMsg(token=link.token, path=link.path, expires_in_s=expires_in_s))
+            self.control.send(ViewersMsg(count=len(self.viewers)))
         elif isinstance(msg, RevokeWatchMsg):
             if self._watch_directory is not None:
                 self._watch_directory.revoke_watch(self)
-            self._send(WatchMsg(token=None, path=None, expires_in_s=None))
-        elif isinstance(msg, SetAdapterStrengthMsg | SetPromptMsg):
+            self.control.send(WatchMsg(token=None, path=None, expires_in_s=None))
+        else:
             try:
                 if isinstance(msg, SetPromptMsg):
-                    self.set_prompt(msg.prompt, msg.seq)
+                    self._apply_prompt(msg.prompt, msg.seq)
                 else:
-                    self.log.info("set_adapter_strength seq=%d %.2f", msg.seq, msg.value)
+                    self.log.debug("set_adapter_strength seq=%d %.2f", msg.seq, msg.value)
                     self.engine.set_adapter_strength(msg.value, msg.seq)
             except EngineUnavailable as exc:  # the engine is gone: tell the client
-                self._send(ErrorMsg(code="engine_failed", message=str(exc), seq=msg.seq))
+                raise ProtocolError("engine_failed", str(exc), msg.seq) from None
 
-    def set_prompt(self, prompt: str, seq: int | None = None) -> int:
-        """Change the style: with the client's seq (data channel; echoed as is in
-        prompt_applied), or numbered here (a WHIP publisher's control endpoint)."""
-        if seq is None:
-            seq = self._prompt_seq + 1
+    def set_prompt(self, prompt: str) -> int:
+        """Change the style from outside the data channel (a WHIP publisher's control endpoint):
+        same rate limit and checks as set_prompt messages; returns the seq given to it.
+        Raises ProtocolError (rate_limited with retry_after_s, or why the prompt is refused)."""
+        self.control.admit_http()
+        return self._apply_prompt(check_prompt(prompt, self._info.max_prompt_chars), self._prompt_seq + 1)
+
+    def _apply_prompt(self, prompt: str, seq: int) -> int:
+        """seq: the client's (echoed as is in prompt_applied) or numbered here."""
         self._prompt_seq = max(self._prompt_seq, seq)
-        self.log.info("set_prompt seq=%d %r", seq, prompt[:80])
+        self.log.debug("set_prompt seq=%d %r", seq, prompt[:80])
         self.engine.set_prompt(prompt, seq)
         return seq
-
-    # ---- viewers (watch links) ---------------------------------------------------------------
-
-    async def add_viewer(self, offer_sdp: str, rtc_config: RTCConfiguration, max_viewers: int) -> tuple[Viewer, str]:
-        """A receive-only peer for a viewer; returns it and the answer SDP."""
-        if len(self.viewers) >= max_viewers:
-            raise ViewersFull(max_viewers)
-        pc = RTCPeerConnection(rtc_config)
-        viewer = Viewer(secrets.token_urlsafe(9), pc, self.fanout.subscribe(), self._viewer_closed)
-        self.viewers[viewer.id] = viewer
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            if not any(t.kind == "video" for t in pc.getTransceivers()):
-                raise BadSdp("the offer has no video to receive")
-            pc.addTrack(viewer.track)
-            await pc.setLocalDescription(await pc.createAnswer())
-        except BadSdp:
-            await viewer.aclose()
-            raise
-        except Exception as exc:
-            await viewer.aclose()
-            raise BadSdp(f"the offer could not be parsed: {exc}") from exc
-
-        @pc.on("connectionstatechange")
-        async def _state() -> None:
-            if pc.connectionState in ("failed", "closed"):
-                viewer.close_soon()
-
-        self.log.info("viewer %s joined (%d watching)", viewer.id, len(self.viewers))
-        self._send(ViewersMsg(count=len(self.viewers)))
-        return viewer, pc.localDescription.sdp
-
-    async def _viewer_closed(self, viewer: Viewer) -> None:
-        if self.viewers.pop(viewer.id, None) is not None:
-            self.fanout.unsubscribe(viewer.track)
-            self.log.info("viewer %s left (%d watching)", viewer.id, len(self.viewers))
-            self._send(ViewersMsg(count=len(self.viewers)))
-
-    def disconnect_viewers(self) -> None:
-        """Close every viewer (a revoked link) from code that cannot await."""
-        if self.viewers:
-            self._spawn(self.close_viewers(), "close-viewers")
-
-    async def close_viewers(self) -> None:
-        await asyncio.gather(*(v.aclose() for v in list(self.viewers.values())), return_exceptions=True)
 
     async def _forward_events(self) -> None:
         while True:
@@ -262,26 +215,40 @@ class Session:
             except SlotClosed:
                 return
             if isinstance(event, PromptApplied):
-                self._send(PromptAppliedMsg(seq=event.seq, latency_ms=round(event.latency_ms, 1)))
+                self.control.send(PromptAppliedMsg(seq=event.seq, latency_ms=round(event.latency_ms, 1)))
             elif isinstance(event, SessionError):
-                self.log.info("engine error %s: %s", event.code, event.message)
-                self._send(ErrorMsg(code=event.code, message=event.message, seq=event.seq))
+                self.control.reject(event.code, event.message, event.seq)
             elif isinstance(event, EngineFailed):
                 self.log.error("engine failed: %s", event.message)
-                self._send(ErrorMsg(code="engine_failed", message=f"the engine stopped: {event.message}"))
+                self.control.send(ErrorMsg(code="engine_failed", message=f"the engine stopped: {event.message}"))
                 self.close_soon("engine failed")
                 return
 
     async def _tick(self) -> None:
-        """Stats once a second; closes the session when the camera went quiet."""
+        """Once a second: stats for the page, the error-log summary and the reaper."""
         while True:
             await asyncio.sleep(self._settings.stats_interval_s)
-            self._send(StatsMsg(**self.engine.stats()))  # type: ignore[arg-type]
-            idle = time.monotonic() - self._last_frame_at
-            if idle > self._settings.idle_timeout_s:
-                self.log.info("no video for %.0f s: closing", idle)
-                self.close_soon("idle")
+            now = time.monotonic()
+            self.control.send(StatsMsg(**self.engine.stats()))  # type: ignore[arg-type]
+            self.control.tick(now)
+            reason = self._reap_reason(now)
+            if reason is not None:
+                self.close_soon(reason)
                 return
+
+    def _reap_reason(self, now: float) -> str | None:
+        """Why the peer counts as gone, or None while it is alive."""
+        settings = self._settings
+        if self._connected_at is None:
+            if now - self._started_at > settings.connect_timeout_s:
+                return f"not connected {settings.connect_timeout_s:g} s after the answer"
+            return None
+        heard = max(self._connected_at, self._last_frame_at, self.control.last_message_at or 0.0)
+        if now - heard > settings.heartbeat_timeout_s:
+            return f"no video and no control message for {now - heard:.1f} s"
+        if now - max(self._connected_at, self._last_frame_at) > settings.idle_timeout_s:
+            return f"no video for {now - self._last_frame_at:.0f} s"
+        return None
 
     def _frame_seen(self) -> None:
         self._last_frame_at = time.monotonic()
@@ -290,7 +257,9 @@ class Session:
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
         self.log.info("connection %s", state)
-        if state in ("failed", "closed"):
+        if state == "connected" and self._connected_at is None:
+            self._connected_at = time.monotonic()
+        elif state in ("failed", "closed"):
             self.close_soon(f"connection {state}")
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -317,12 +286,15 @@ class Session:
         await asyncio.shield(self._closing)
 
     async def _close(self, reason: str) -> None:
-        self.log.info("closing (%s)", reason)
+        control = self.control
+        self.log.info(
+            "closing (%s); %d control messages, %d rate-limited", reason, control.received, control.rate_limited
+        )
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.close_viewers()
+        await self.viewers.aclose()
         self.engine.close()
         if self.output is not None:
             self.output.stop()

@@ -1,7 +1,14 @@
 // livestyle page controller: wires the UI to the camera, the WebRTC session and
-// the control channel protocol.
+// the control channel protocol, and keeps the stream going when the server goes away
+// (reconnecting with backoff, restoring the prompt) or its engine restarts.
 import { fillCameraPicker, openCamera, stopTracks } from "./js/camera.js";
-import { AppError, CONNECTION_FAILED_MESSAGE, INSECURE_MESSAGE } from "./js/errors.js";
+import {
+  AppError,
+  CONNECTION_FAILED_MESSAGE,
+  CONNECTION_LOST_MESSAGE,
+  ENGINE_RESTARTING_MESSAGE,
+  INSECURE_MESSAGE,
+} from "./js/errors.js";
 import { canMeasureFps, watchFps } from "./js/fps.js";
 import {
   adapterStrengthMessage,
@@ -12,10 +19,18 @@ import {
   revokeWatchMessage,
   setPromptMessage,
 } from "./js/protocol.js";
-import { accessToken, Session } from "./js/session.js";
+import { Heartbeat, retryDelayMs } from "./js/reconnect.js";
+import { accessToken, closeLeftoverSession, Session } from "./js/session.js";
 import * as ui from "./js/ui.js";
 
-const PING_INTERVAL_MS = 1000;
+// Longer than any working ICE (LAN or TURN); the server drops unconnected peers after ~8 s.
+const CONNECT_TIMEOUT_MS = 12_000;
+// Browsers report "disconnected" for short network blips that recover by themselves.
+const DISCONNECTED_GRACE_MS = 2000;
+// A slider being dragged fires dozens of input events a second; the server rate-limits.
+const ADAPTER_SEND_INTERVAL_MS = 100;
+// "engine restarting" clears once frames were presented for this long after the error.
+const RESTART_CLEAR_MS = 1000;
 
 const config = {
   ice_servers: [],
@@ -23,27 +38,38 @@ const config = {
   default_prompt: "oil painting, vibrant colors",
 };
 
-let session = null; // live Session, null when stopped
-let camera = null; // MediaStream from getUserMedia
-let attempt = 0; // bumped by every teardown so an in-flight start() knows it was cancelled
+let session = null; // live Session, null when stopped or between reconnect attempts
+let camera = null; // MediaStream from getUserMedia; kept across reconnects
+let attempt = 0; // bumped whenever a session is abandoned, so in-flight work knows
 let connectionState = "new";
+let everConnected = false; // since Start: tells "lost the server" from "could not connect"
+let retries = 0; // reconnect attempts since the last good connection
+let reconnects = 0; // successful reconnects since Start (window.livestyle, for tests)
+let retryTimer = null;
+let connectTimer = null;
+let disconnectTimer = null;
+let restartingSince = null; // performance.now() of an engine_restarting error, until frames flow
 let sessionId = null;
 let lastStats = null;
 let lastApplied = null;
 let promptSeq = 0;
 let adapterSeq = 0;
+let adapterTimer = null;
+let adapterPending = false;
 let latestSent = null; // {seq, sentAt} of the newest set_prompt
 let activePrompt = ""; // what the user last applied
 let offeredPrompt = ""; // what went out with /offer
-let pingTimer = null;
 let cameraSwitch = 0; // lets only the newest camera change win
 let stopFpsWatch = () => {};
+let resumeOnShow = false; // streaming when the page went into the back/forward cache
+const heartbeat = new Heartbeat((t) => session?.send(pingMessage(t)), () => connectionLost());
 
 window.livestyle = {
   state: () => connectionState,
   stats: () => lastStats,
   lastApplied: () => lastApplied,
   sessionId: () => sessionId,
+  reconnects: () => reconnects,
 };
 
 const isSecure = () => window.isSecureContext && !!navigator.mediaDevices;
@@ -74,6 +100,8 @@ async function loadConfig() {
   ui.showEngine(config.engine ?? {});
 }
 
+// ---- starting, connecting, reconnecting ----
+
 async function start() {
   if (!isSecure()) return ui.showMessage("insecure", INSECURE_MESSAGE);
   teardown();
@@ -81,37 +109,48 @@ async function start() {
   ui.clearMessage();
   ui.setStreaming(true);
   setConnectionState("connecting");
+  activePrompt = ui.el.prompt.value.trim() || config.default_prompt;
   try {
     const stream = await openCamera(ui.el.camera.value);
     if (myAttempt !== attempt) return stopTracks(stream);
     camera = stream;
     ui.el.local.srcObject = stream;
-    const track = stream.getVideoTracks()[0];
-    await fillCameraPicker(ui.el.camera, track.getSettings().deviceId);
+    await fillCameraPicker(ui.el.camera, stream.getVideoTracks()[0].getSettings().deviceId);
+  } catch (err) {
+    if (myAttempt !== attempt) return; // Stop was pressed meanwhile; nothing to report
+    teardown();
+    setConnectionState("new"); // camera problems happen before any connection attempt
+    return showError(err);
+  }
+  await connect();
+}
 
-    const iceServers = await fetchIceServers();
-    if (myAttempt !== attempt) return stopTracks(stream);
-    session = new Session(iceServers, {
-      onConnectionState: handleConnectionState,
-      onTrack: showRemote,
-      onChannelOpen: handleChannelOpen,
-      onChannelClose: () => clearInterval(pingTimer),
-      onMessage: handleMessage,
-    });
-    promptSeq = 0;
-    latestSent = null;
-    activePrompt = ui.el.prompt.value.trim() || config.default_prompt;
-    offeredPrompt = activePrompt;
-    const answer = await session.connect(track, offeredPrompt);
+/** One connection attempt with the camera we have: a fresh Session and /offer. */
+async function connect() {
+  const myAttempt = attempt;
+  const iceServers = await fetchIceServers();
+  if (myAttempt !== attempt) return;
+  session = new Session(iceServers, {
+    onConnectionState: handleConnectionState,
+    onTrack: showRemote,
+    onChannelOpen: handleChannelOpen,
+    onChannelClose: () => connectionLost(),
+    onMessage: handleMessage,
+  });
+  promptSeq = 0;
+  latestSent = null;
+  offeredPrompt = activePrompt;
+  connectTimer = setTimeout(() => connectFailed(), CONNECT_TIMEOUT_MS);
+  try {
+    const answer = await session.connect(camera.getVideoTracks()[0], offeredPrompt);
     if (myAttempt !== attempt) return;
     sessionId = answer.session_id ?? sessionId;
     if (answer.engine) ui.showEngine(answer.engine);
   } catch (err) {
-    if (myAttempt !== attempt) return; // Stop was pressed meanwhile; nothing to report
+    if (myAttempt !== attempt) return; // Stop was pressed, or this attempt was abandoned
+    if (everConnected && err instanceof AppError && err.transient) return retryLater(err);
     teardown();
-    // Camera problems happen before any connection attempt.
-    const cameraKinds = ["permission", "no-camera"];
-    setConnectionState(cameraKinds.includes(err.kind) ? "new" : "failed");
+    setConnectionState("failed");
     showError(err);
   }
 }
@@ -130,50 +169,112 @@ async function fetchIceServers() {
   return config.ice_servers;
 }
 
+/** The attempt never reached "connected". */
+function connectFailed() {
+  if (everConnected) return connectionLost();
+  // On the first connect this is what a firewall blocking UDP looks like.
+  teardown();
+  setConnectionState("failed");
+  ui.showMessage("connection", CONNECTION_FAILED_MESSAGE);
+}
+
+/** The server went away (or the path to it): drop the session, keep the camera, retry. */
+function connectionLost() {
+  if (!session || !everConnected) return;
+  dropSession();
+  ui.el.remote.srcObject = null; // a frozen last frame would look like a live stream
+  retryLater(null);
+}
+
+function retryLater(err) {
+  dropSession();
+  const delay = retryDelayMs(retries++, err?.retryAfterS);
+  setConnectionState("reconnecting");
+  const why = err ? ` ${err.message}` : "";
+  const when = `attempt ${retries} in ${Math.ceil(delay / 1000)} s`;
+  ui.showMessage("reconnecting", `${CONNECTION_LOST_MESSAGE}${why} (${when})`);
+  const myAttempt = attempt;
+  retryTimer = setTimeout(() => {
+    if (myAttempt === attempt) connect();
+  }, delay);
+}
+
+/** Abandons the current session (if any) without touching the camera or the UI. */
+function dropSession() {
+  attempt++;
+  heartbeat.stop();
+  for (const timer of [retryTimer, connectTimer, disconnectTimer]) clearTimeout(timer);
+  retryTimer = connectTimer = disconnectTimer = null;
+  stopFpsWatch();
+  stopFpsWatch = () => {};
+  session?.close();
+  session = null;
+  ui.el.share.disabled = true;
+  ui.showShare(null); // the link dies with the session
+}
+
 function stop() {
   teardown();
+  ui.clearMessage();
   setConnectionState("closed");
 }
 
 /** Releases the camera and the session; safe to call at any point. */
 function teardown() {
-  attempt++;
-  clearInterval(pingTimer);
-  stopFpsWatch();
-  stopFpsWatch = () => {};
-  session?.close();
-  session = null;
+  dropSession();
+  everConnected = false;
+  retries = 0;
+  reconnects = 0;
+  restartingSince = null;
   stopTracks(camera);
   camera = null;
   ui.el.local.srcObject = null;
   ui.el.remote.srcObject = null;
   ui.resetLiveReadouts();
   ui.setStreaming(false);
-  ui.showShare(null); // the link dies with the session
-  ui.el.share.disabled = true;
 }
 
 function handleConnectionState(state) {
-  if (state === "failed") {
-    teardown();
-    ui.showMessage("connection", CONNECTION_FAILED_MESSAGE);
+  if (state === "connected") {
+    clearTimeout(connectTimer);
+    clearTimeout(disconnectTimer);
+    disconnectTimer = null;
+    if (everConnected && retries > 0) reconnects++;
+    everConnected = true;
+    retries = 0;
+    if (["reconnecting", "connection"].includes(ui.el.message.dataset.kind)) ui.clearMessage();
+    setConnectionState("connected");
+  } else if (state === "failed") {
+    connectFailed();
+  } else if (state === "disconnected") {
+    disconnectTimer ??= setTimeout(() => connectionLost(), DISCONNECTED_GRACE_MS);
+    setConnectionState("disconnected");
+  } else if (connectionState !== "reconnecting") {
+    setConnectionState(state);
   }
-  setConnectionState(state);
 }
 
 function showRemote(stream) {
   ui.el.remote.srcObject = stream;
   stopFpsWatch();
-  stopFpsWatch = watchFps(ui.el.remote, ui.showOverlayFps);
+  stopFpsWatch = watchFps(ui.el.remote, (fps) => {
+    ui.showOverlayFps(fps);
+    // Frames flow again after an engine restart: the watch covers the last second only.
+    if (fps > 0 && restartingSince !== null && performance.now() - restartingSince > RESTART_CLEAR_MS) {
+      engineBack();
+    }
+  });
 }
 
 function handleChannelOpen() {
   ui.el.share.disabled = false;
-  pingTimer = setInterval(() => session?.send(pingMessage(performance.now())), PING_INTERVAL_MS);
-  // The user may have applied a new prompt while we were connecting.
+  heartbeat.start();
+  // The user may have applied a new prompt while we were (re)connecting.
   if (activePrompt !== offeredPrompt) sendPrompt(activePrompt);
   if (!ui.el.adapterRow.hidden && Number(ui.el.adapterStrength.value) !== 1) sendAdapterStrength();
 }
+
+// ---- control messages ----
 
 function handleMessage(data) {
   const msg = parseMessage(data);
@@ -190,6 +291,7 @@ function handleMessage(data) {
       ui.showViewers(msg.count);
       break;
     case "pong":
+      heartbeat.pong();
       ui.showRtt(performance.now() - msg.t);
       break;
     case "prompt_applied":
@@ -198,12 +300,36 @@ function handleMessage(data) {
     case "stats":
       lastStats = msg;
       ui.showServerStats(msg, { withOverlayFps: !canMeasureFps });
+      // Without requestVideoFrameCallback the server's output rate says frames flow again.
+      if (!canMeasureFps && msg.fps_out > 0 && performance.now() - (restartingSince ?? Infinity) > 2000) {
+        engineBack();
+      }
       break;
     case "error":
-      if (String(msg.code).startsWith("prompt")) ui.setPromptStatus(msg.message, "error");
-      else ui.showMessage("engine", msg.message || `Engine error (${msg.code}).`);
+      handleError(msg);
       break;
   }
+}
+
+function handleError(msg) {
+  const code = String(msg.code);
+  if (code === "engine_restarting") {
+    restartingSince = performance.now();
+    setConnectionState("engine restarting");
+    ui.showMessage("engine-restarting", ENGINE_RESTARTING_MESSAGE);
+  } else if (code === "rate_limited") {
+    ui.setPromptStatus("Too many changes at once; the last ones were dropped. Try again.", "error");
+  } else if (code.startsWith("prompt")) {
+    ui.setPromptStatus(msg.message, "error");
+  } else {
+    ui.showMessage("engine", msg.message || `Engine error (${code}).`);
+  }
+}
+
+function engineBack() {
+  restartingSince = null;
+  if (ui.el.message.dataset.kind === "engine-restarting") ui.clearMessage();
+  if (connectionState === "engine restarting") setConnectionState("connected");
 }
 
 function handlePromptApplied(msg) {
@@ -226,12 +352,12 @@ function applyPrompt(text) {
   if (!prompt) return ui.setPromptStatus("Type a prompt first.", "error");
   activePrompt = prompt;
   if (session?.channelOpen) sendPrompt(prompt);
-  else if (session) ui.setPromptStatus("Will be sent once connected.", "pending");
+  else if (camera) ui.setPromptStatus("Will be sent once connected.", "pending");
   else ui.setPromptStatus("Saved; it is used when you press Start.", "");
 }
 
 async function switchCamera() {
-  if (!session || !camera) return; // the next Start uses the selection
+  if (!camera) return; // the next Start uses the selection
   const previous = camera;
   const mySwitch = ++cameraSwitch;
   // Stop first: many phones cannot open two cameras at the same time.
@@ -242,23 +368,41 @@ async function switchCamera() {
     if (camera !== previous || mySwitch !== cameraSwitch) return stopTracks(stream);
     camera = stream;
     ui.el.local.srcObject = stream;
-    await session.replaceTrack(stream.getVideoTracks()[0]);
+    await session?.replaceTrack(stream.getVideoTracks()[0]); // between reconnects: the next offer has it
   } catch (err) {
     if (camera === previous && mySwitch === cameraSwitch) showError(err);
   }
 }
 
 function sendAdapterStrength() {
-  const value = Number(ui.el.adapterStrength.value);
-  ui.el.adapterValue.textContent = value.toFixed(2);
-  if (session?.channelOpen) session.send(adapterStrengthMessage(value, ++adapterSeq));
+  if (session?.channelOpen) session.send(adapterStrengthMessage(Number(ui.el.adapterStrength.value), ++adapterSeq));
 }
+
+/** At most one adapter message per ADAPTER_SEND_INTERVAL_MS while the slider moves; the
+ * last position always goes out. */
+function adapterInput() {
+  ui.el.adapterValue.textContent = Number(ui.el.adapterStrength.value).toFixed(2);
+  if (adapterTimer !== null) {
+    adapterPending = true;
+    return;
+  }
+  sendAdapterStrength();
+  adapterTimer = setTimeout(() => {
+    adapterTimer = null;
+    if (adapterPending) {
+      adapterPending = false;
+      adapterInput();
+    }
+  }, ADAPTER_SEND_INTERVAL_MS);
+}
+
+// ---- wiring ----
 
 function bindEvents() {
   ui.el.start.addEventListener("click", start);
   ui.el.stop.addEventListener("click", stop);
   ui.el.camera.addEventListener("change", switchCamera);
-  ui.el.adapterStrength.addEventListener("input", sendAdapterStrength);
+  ui.el.adapterStrength.addEventListener("input", adapterInput);
   ui.el.share.addEventListener("click", () => session?.send(createWatchMessage()));
   ui.el.shareRevoke.addEventListener("click", () => session?.send(revokeWatchMessage()));
   ui.el.shareCopy.addEventListener("click", async () => {
@@ -285,9 +429,20 @@ function bindEvents() {
       fillCameraPicker(ui.el.camera, camera?.getVideoTracks()[0]?.getSettings().deviceId),
     );
   }
+  // pagehide is the one unload event mobile browsers reliably fire. Closing the session
+  // sends its close beacon, so a reload gets the seat back at once.
+  addEventListener("pagehide", () => {
+    resumeOnShow = camera !== null;
+    teardown();
+  });
+  // Restored from the back/forward cache: the session was closed on pagehide, so restart.
+  addEventListener("pageshow", (e) => {
+    if (e.persisted && resumeOnShow) start();
+  });
 }
 
 async function init() {
+  closeLeftoverSession(); // before anything else asks for a seat
   bindEvents();
   await loadConfig();
   if (!isSecure()) return ui.showMessage("insecure", INSECURE_MESSAGE);

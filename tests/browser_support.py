@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -75,13 +73,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def livestyle_command() -> str:
-    """The venv's entry point next to this interpreter (works from a fresh clone's .venv)."""
-    local = Path(sys.executable).with_name("livestyle")
-    found = str(local) if local.exists() else shutil.which("livestyle")
-    if found is None:
-        raise FileNotFoundError("the `livestyle` command is not installed (pip install -e .)")
-    return found
+def livestyle_command() -> list[str]:
+    """`livestyle` from this checkout: `python -m` with the repository as working directory
+    imports its code even when the venv's editable install points at another clone."""
+    return [sys.executable, "-m", "server.cli"]
 
 
 def http_json(url: str, timeout: float = 2.0) -> tuple[int, dict]:
@@ -104,15 +99,16 @@ class LiveServer:
     log_path: Path
 
     @classmethod
-    def start(cls, name: str, *extra_args: str, timeout: float = 30.0) -> LiveServer:
+    def start(cls, name: str, *extra_args: str, timeout: float = 30.0, port: int | None = None) -> LiveServer:
+        """port: a given one (to restart a server where its pages knew it), else a free one;
+        a restart appends to the same log."""
         ARTIFACTS.mkdir(exist_ok=True)
-        port = free_port()
+        restart = port is not None
+        port = port if port is not None else free_port()
         log_path = ARTIFACTS / f"browser-server-{name}.log"
-        command = [livestyle_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--engine", "preview"]
-        with log_path.open("wb") as log:
-            # This checkout's packages first: the venv's editable install may point at another one.
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-            process = subprocess.Popen([*command, *extra_args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        command = [*livestyle_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--engine", "preview"]
+        with log_path.open("ab" if restart else "wb") as log:
+            process = subprocess.Popen([*command, *extra_args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         scheme = "https" if "--tls-self-signed" in extra_args else "http"
         server = cls(f"{scheme}://127.0.0.1:{port}", process, log_path)
         try:

@@ -260,3 +260,23 @@ def frame_in(
     if isinstance(image, int):
         image = np.full((size, size, 3), image, np.uint8)
     return FrameIn(session_id, image, pts, Fraction(1, 90000), time.monotonic() if t_in is None else t_in)
+
+
+class FakeDataChannel:
+    """Stands in for an open aiortc RTCDataChannel: records what the server sends and lets a
+    test deliver client messages to whatever handler was registered for "message"."""
+
+    def __init__(self, label: str = "control") -> None:
+        self.label = label
+        self.readyState = "open"
+        self.sent: list[str] = []
+        self._handlers: dict[str, Callable[..., object]] = {}
+
+    def on(self, event: str, handler: Callable[..., object]) -> None:
+        self._handlers[event] = handler
+
+    def send(self, text: str) -> None:
+        self.sent.append(text)
+
+    def deliver(self, raw: str | bytes) -> None:
+        self._handlers["message"](raw)

@@ -2,16 +2,28 @@
 // tests) can tell the failure classes apart.
 
 export class AppError extends Error {
-  constructor(kind, message) {
+  /** status: the HTTP status (0 when the server could not be reached); retryAfterS: its Retry-After. */
+  constructor(kind, message, { status = null, retryAfterS = null } = {}) {
     super(message);
     this.name = "AppError";
     this.kind = kind;
+    this.status = status;
+    this.retryAfterS = retryAfterS;
+  }
+
+  /** Worth trying again by itself: the server was unreachable, busy, full or restarting. */
+  get transient() {
+    return this.status === 0 || this.status === 429 || this.status >= 500;
   }
 }
 
 export const INSECURE_MESSAGE =
   "Camera access needs HTTPS (or http://localhost). Open this page over HTTPS " +
   "or run the server with TLS (--tls-cert/--tls-key).";
+
+export const CONNECTION_LOST_MESSAGE = "Lost the connection to the server, reconnecting…";
+export const ENGINE_RESTARTING_MESSAGE =
+  "The engine is restarting… The video continues by itself as soon as it is back.";
 
 export const CONNECTION_FAILED_MESSAGE =
   "The video connection failed. UDP traffic between your browser and the server is " +
@@ -41,24 +53,32 @@ export function cameraError(err) {
   }
 }
 
-/** Maps a non-200 /offer response ({"error": {"code", "message"}}) to an AppError. */
-export function offerError(status, body) {
+/** Maps a non-200 /offer response ({"error": {"code", "message"}}) to an AppError;
+ * retryAfter: the response's Retry-After header (seconds), if any. */
+export function offerError(status, body, retryAfter = null) {
   const code = body?.error?.code ?? "";
   const message = body?.error?.message;
+  const seconds = Number.parseFloat(retryAfter);
+  const details = { status, retryAfterS: Number.isFinite(seconds) ? seconds : null };
   if (status === 401) {
     return new AppError(
       "auth",
       "This server needs an access token. Open the link you were given (it ends with #token=…).",
+      details,
     );
   }
   if (status === 429) {
-    return new AppError("server-full", "Too many attempts from this address; wait a minute and press Start again.");
+    return new AppError(
+      "server-full",
+      "Too many attempts from this address; wait a minute and press Start again.",
+      details,
+    );
   }
   if (code === "server_full") {
-    return new AppError("server-full", message ?? "The server is full. Try again in a minute.");
+    return new AppError("server-full", message ?? "The server is full. Try again in a minute.", details);
   }
   if (code.startsWith("engine")) {
-    return new AppError("engine", message ?? "The stylization engine is unavailable.");
+    return new AppError("engine", message ?? "The stylization engine is unavailable.", details);
   }
-  return new AppError("connection", message ?? `The server refused the connection (HTTP ${status}).`);
+  return new AppError("connection", message ?? `The server refused the connection (HTTP ${status}).`, details);
 }

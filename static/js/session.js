@@ -4,6 +4,9 @@ import { AppError, offerError } from "./errors.js";
 import { CHANNEL_LABEL } from "./protocol.js";
 
 const ICE_GATHERING_TIMEOUT_MS = 5000;
+// The live session's close beacon, kept per tab: a page that died without its pagehide
+// (a crashed tab, a killed browser restoring it) frees its old seat when it loads again.
+const BEACON_KEY = "livestyle-close-beacon";
 
 export class Session {
   /**
@@ -12,6 +15,7 @@ export class Session {
    */
   constructor(iceServers, handlers) {
     this.closed = false;
+    this.closeBeacon = null; // {url, secret} from the answer, until sent
     const call = (name) => (...args) => {
       if (!this.closed) handlers[name](...args);
     };
@@ -41,8 +45,22 @@ export class Session {
     // The server does not trickle ICE, so the offer must already hold every candidate.
     await waitForIceGathering(this.pc);
     const answer = await postOffer({ sdp: this.pc.localDescription.sdp, type: "offer", prompt });
-    if (!this.closed) await this.pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
+    this.closeBeacon = { url: answer.close_url, secret: answer.close_secret };
+    sessionStorage.setItem(BEACON_KEY, JSON.stringify(this.closeBeacon));
+    if (this.closed) this.sendCloseBeacon(); // stopped while the offer was in flight
+    else await this.pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
     return answer;
+  }
+
+  /** Tells the server this session is over, so its slot frees at once even when the page
+   * is unloading (sendBeacon outlives the page) or the peer connection is already dead. */
+  sendCloseBeacon() {
+    const beacon = this.closeBeacon;
+    this.closeBeacon = null;
+    if (beacon) {
+      sessionStorage.removeItem(BEACON_KEY);
+      sendBeacon(beacon);
+    }
   }
 
   send(text) {
@@ -55,6 +73,7 @@ export class Session {
 
   close() {
     this.closed = true;
+    this.sendCloseBeacon();
     this.channel.close();
     for (const transceiver of this.pc.getTransceivers()) transceiver.stop?.();
     this.pc.close();
@@ -67,6 +86,23 @@ export class Session {
 export function minimisePlayoutDelay(receiver) {
   if ("jitterBufferTarget" in receiver) receiver.jitterBufferTarget = 0; // milliseconds (the standard)
   if ("playoutDelayHint" in receiver) receiver.playoutDelayHint = 0; // seconds (older Chrome)
+}
+
+function sendBeacon(beacon) {
+  if (typeof beacon?.url === "string" && typeof beacon.secret === "string") {
+    navigator.sendBeacon(beacon.url, beacon.secret);
+  }
+}
+
+/** Closes the session an earlier page in this tab left behind without saying goodbye. */
+export function closeLeftoverSession() {
+  const saved = sessionStorage.getItem(BEACON_KEY);
+  sessionStorage.removeItem(BEACON_KEY);
+  try {
+    if (saved) sendBeacon(JSON.parse(saved));
+  } catch {
+    // Not ours to worry about: the server reaps that session within seconds anyway.
+  }
 }
 
 /** The server does not trickle ICE: offers go out once gathering is complete. */
@@ -106,10 +142,10 @@ async function postOffer(offer) {
   try {
     response = await fetch("/offer", { method: "POST", headers, body: JSON.stringify(offer) });
   } catch (err) {
-    throw new AppError("connection", `Could not reach the server (${err.message}).`);
+    throw new AppError("connection", `Could not reach the server (${err.message}).`, { status: 0 });
   }
   const body = await response.json().catch(() => null);
-  if (!response.ok) throw offerError(response.status, body);
+  if (!response.ok) throw offerError(response.status, body, response.headers.get("Retry-After"));
   if (body?.type !== "answer" || typeof body.sdp !== "string") {
     throw new AppError("connection", "The server sent an invalid answer.");
   }

@@ -30,7 +30,8 @@ const setText = (id, text) => {
   byId(id).textContent = text;
 };
 
-/** kind: "insecure" | "permission" | "no-camera" | "server-full" | "engine" | "connection" | "" */
+/** kind: "insecure" | "permission" | "no-camera" | "server-full" | "engine" | "connection" | "auth"
+ * | "reconnecting" | "engine-restarting" | "" */
 export function showMessage(kind, text) {
   el.message.dataset.kind = kind;
   el.message.textContent = text;
@@ -41,7 +42,7 @@ export const clearMessage = () => showMessage("", "");
 export function showConnectionState(state) {
   const indicator = byId("conn-state");
   indicator.dataset.state = state;
-  indicator.textContent = state;
+  indicator.textContent = ["reconnecting", "engine restarting"].includes(state) ? `${state}…` : state;
 }
 
 const ENGINE_KIND_LABELS = { preview: "Preview engine (CPU)", diffusion: "Diffusion engine" };
