@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench import schema
+from bench import report, schema
 from bench.loopback import MAX_PROBES, PROBE_GAP, PROBE_OFFSET, ClipTrack, Received, match_frames, stamp
 from bench.run import ResultsFile, RunClock, Step
 from bench.stats import histogram_block, histogram_delta, histogram_quantile, latency_block
@@ -182,6 +182,41 @@ def test_every_committed_results_file_validates():
             assert problems, f"{name} validates now: take it off the LEGACY list"
         else:
             assert problems == [], f"{name}: {problems[:5]}"
+
+
+def test_the_docs_blocks_are_generated_from_the_committed_files():
+    docs = [REPO / "README.md", REPO / "docs" / "performance.md"]
+    for doc in docs:
+        assert "<!-- bench-report: " in doc.read_text(), f"{doc.name} has no generated block"
+    fix = "run: python -m bench.report --update README.md docs/performance.md"
+    assert report.main(["--check", *map(str, docs)]) == 0, fix
+
+
+def test_report_blocks_name_scope_card_and_file(tmp_path):
+    synthetic(tmp_path)
+    results, bad = report.load_results([tmp_path / "r.json"])
+    ctx = report.Context(results, bad, tmp_path)
+    webrtc = report.section("webrtc", ctx)
+    assert "Scope: end to end over loopback WebRTC; one H (2.11)" in webrtc and "[r.json](r.json)" in webrtc
+    assert "| H264 | 1 | 1/1 | 29.0 | 70.0 |" in webrtc
+    head = report.section("headline", ctx)
+    assert "8 sessions at 30 fps each (engine-internal)" in head and "150.0 fps" in head
+    assert "No committed results file holds the adapter sweep" in report.section("adapter", ctx)
+    doc = tmp_path / "doc.md"
+    doc.write_text("a\n<!-- bench-report: targets -->\nold\n<!-- /bench-report -->\nb\n")
+    assert report.main(["--results-dir", str(tmp_path), "--check", str(doc)]) == 1
+    assert report.main(["--results-dir", str(tmp_path), "--update", str(doc)]) == 0
+    assert "old" not in doc.read_text() and "`paper_b8_fps`" in doc.read_text()
+    assert report.main(["--results-dir", str(tmp_path), "--check", str(doc)]) == 0
+
+
+def test_an_invalid_file_is_listed_as_not_used(tmp_path):
+    (tmp_path / "old.json").write_text('{"summary": {}}')
+    results, bad = report.load_results([tmp_path / "old.json"])
+    assert not results and "not used" in report.section("files", report.Context(results, bad, tmp_path))
+
+
+# ---- the numbers' building blocks -------------------------------------------------------------
 
 
 def test_latency_block_without_samples_says_why():
