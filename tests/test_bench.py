@@ -38,7 +38,7 @@ def field_names(cls) -> set[str]:
 def test_every_engine_scenario_on_the_tiny_model(tmp_path):
     report = run_bench(
         tmp_path,
-        *("--size", "128", "--frames", "8", "--batches", "1,8", "--buckets", "1,8", "--sessions", "1,2"),
+        *("--size", "128", "--frames", "4", "--batches", "1,8", "--buckets", "1,8", "--sessions", "1,2"),
         *("--live-seconds", "1", "--naive-frames", "1", "--adapter-refresh", "4", "--tag", "smoke"),
     )
     sc, summary, meta = report["scenarios"], report["summary"], report["meta"]
