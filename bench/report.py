@@ -61,7 +61,7 @@ def load_results(paths: list[Path]) -> tuple[list[Result], list[tuple[Path, str]
     for path in sorted(paths):
         report, problems = schema.load(path)
         if problems:
-            bad.append((path, f"{len(problems)} problem(s), e.g. {problems[0]}"))
+            bad.append((path, f"fails the schema: {problems[0]}"))
         else:
             good.append(Result(path, report))
     good.sort(key=lambda r: (r.date, r.path.name), reverse=True)
