@@ -1,7 +1,18 @@
-"""A WebRTC load client: plays frames as a live 30 fps camera track (each stamped with its
-index in a way that survives stylization and compression), sends them to a livestyle
-server over aiortc and measures what comes back. Used by `livestyle bench` (webrtc
-scenario) and by the tests."""
+"""A WebRTC load client: plays frames as a live 30 fps camera track, sends them to a
+livestyle server over aiortc and measures what comes back. Used by `livestyle bench`
+(webrtc scenario) and by the tests.
+
+Which sent frame a received one is: the server keeps each frame's pts, but every aiortc
+receiver rebases RTP timestamps to its first frame, so received pts = sent pts - C with a
+per-session constant C. Two ways to fix C:
+
+* anchored (no pixels needed, so it works with random weights): the track sends single
+  probe frames until one comes back stylized, then streams. The first frame the client
+  receives is a probe's, so C is that probe's pts. Probe k sits k * PROBE_OFFSET ticks off
+  the 30 fps grid of the stream, so the streamed frames say which probe it was.
+* stamps: each frame carries its index in black/white cells that survive the preview
+  stylizer and compression (not random weights); the median offset of the readable ones.
+  In anchored mode the stamps are the cross-check."""
 
 from __future__ import annotations
 
@@ -24,6 +35,10 @@ VIDEO_CLOCK = 90_000
 MARK_BITS = 12
 MARK_CELL = 32
 MARK_Y = 512 - MARK_CELL  # bottom row of the 512x512 frame
+PROBE_GAP = VIDEO_CLOCK  # pts between anchor probes (one second of media time)
+PROBE_OFFSET = 300  # ticks: probe k sits k * PROBE_OFFSET off the stream's 3000-tick grid
+MAX_PROBES = 5  # offsets 0..1200 stay distinct modulo the grid (and under half a step)
+PTS_TOLERANCE = 100  # ticks a received pts may sit off its grid point (rebasing rounds)
 
 
 def read_clip(path: Path) -> list[np.ndarray]:
@@ -65,39 +80,68 @@ def read_stamp(image: np.ndarray) -> int | None:
 
 
 class ClipTrack(MediaStreamTrack):
-    """A camera that plays frames at `fps` in real time, stamping each with its index."""
+    """A camera that plays frames at `fps` in real time, stamping each with its index.
+
+    anchored: hold the stream back; each release_probe() sends one probe frame, and
+    start_streaming() starts the real-time stream (see the module docstring)."""
 
     kind = "video"
 
-    def __init__(self, frames: list[np.ndarray], fps: int = 30, mark: bool = True) -> None:
+    def __init__(self, frames: list[np.ndarray], fps: int = 30, mark: bool = True, anchored: bool = False) -> None:
         super().__init__()
         self.frames = frames
         self.fps = fps
+        self.step = VIDEO_CLOCK // fps
         self.mark = mark
-        self.sent_at: dict[int, float] = {}  # pts -> monotonic send time
-        self.sent_index: dict[int, int] = {}  # pts -> frame index
+        self.anchored = anchored
+        self.sent_at: dict[int, float] = {}  # pts -> monotonic send time (streamed frames)
+        self.sent_index: dict[int, int] = {}  # pts -> frame index (streamed frames)
+        self.probes: list[tuple[int, float]] = []  # (pts, send time) of each probe sent
+        self.stream_base = MAX_PROBES * PROBE_GAP if anchored else 0
+        """pts of the first streamed frame (after every possible probe)."""
+        self.stream_start: float | None = None
+        """When the first streamed frame was due (monotonic)."""
         self._index = 0
-        self._start: float | None = None
+        self._streaming = not anchored
+        self._gate = asyncio.Event()
+
+    def release_probe(self) -> None:
+        if len(self.probes) >= MAX_PROBES:
+            raise RuntimeError(f"at most {MAX_PROBES} anchor probes")
+        self._gate.set()
+
+    def start_streaming(self) -> None:
+        self._streaming = True
+        self._gate.set()
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        due = self._start + self._index / self.fps
-        delay = due - time.monotonic()
+        if not self._streaming:
+            await self._gate.wait()
+            self._gate.clear()
+        if not self._streaming:
+            k = len(self.probes)
+            pts = k * PROBE_GAP + k * PROBE_OFFSET
+            self.probes.append((pts, time.monotonic()))
+            return self._frame(self.frames[0], 0, pts)
+        if self.stream_start is None:
+            self.stream_start = time.monotonic()
+        delay = self.stream_start + self._index / self.fps - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         i = self._index
         self._index += 1
-        image = self.frames[i % len(self.frames)]
-        if self.mark:
-            image = stamp(image, i)
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-        frame.pts = i * (VIDEO_CLOCK // self.fps)
+        pts = self.stream_base + i * self.step
+        frame = self._frame(self.frames[i % len(self.frames)], i, pts)
+        self.sent_at[pts] = time.monotonic()
+        self.sent_index[pts] = i
+        return frame
+
+    def _frame(self, image: np.ndarray, number: int, pts: int) -> av.VideoFrame:
+        frame = av.VideoFrame.from_ndarray(stamp(image, number) if self.mark else image, format="rgb24")
+        frame.pts = pts
         frame.time_base = Fraction(1, VIDEO_CLOCK)
-        self.sent_at[frame.pts] = time.monotonic()
-        self.sent_index[frame.pts] = i
         return frame
 
 
@@ -191,6 +235,25 @@ class LoopbackClient:
                 raise TimeoutError(f"received {len(self.received)} of {count} frames")
             await asyncio.sleep(0.05)
 
+    async def anchor(self, first_timeout: float = 0.5) -> int:
+        """Send probe frames one at a time, each waiting twice as long as the one before,
+        until a stylized frame comes back; then start the stream (the track must be
+        anchored). Stock aiortc receivers hold a frame until the next one arrives, so it
+        takes a few probes there. Returns the number of probes sent."""
+        track = self.track
+        if not isinstance(track, ClipTrack) or not track.anchored:
+            raise ValueError("anchor() needs an anchored ClipTrack")
+        for k in range(MAX_PROBES):
+            track.release_probe()
+            try:
+                await self.wait_frames(1, timeout=first_timeout * 2**k)
+            except TimeoutError:
+                continue
+            track.start_streaming()
+            return k + 1
+        waited = first_timeout * (2**MAX_PROBES - 1)
+        raise TimeoutError(f"no stylized frame came back for {MAX_PROBES} anchor probes in {waited:.1f} s")
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -198,25 +261,68 @@ class LoopbackClient:
         await self.pc.close()
 
 
-def pts_latencies(track: ClipTrack, received: list[Received]) -> tuple[list[float], int]:
-    """Send->receive latency (ms) per received frame, matched by pts.
+@dataclass(frozen=True)
+class Match:
+    """A received frame identified as a streamed one."""
 
-    Each aiortc hop rebases RTP timestamps (and rounds them by a tick or two), so a
-    received pts is the sent pts plus an unknown constant. The frame-id stamps fix that
-    constant (median over stamped frames); then every frame is matched by its pts alone.
-    Returns (latencies, number of stamped frames whose pts match agrees with the stamp)."""
-    step = VIDEO_CLOCK // track.fps
-    stamped = [(r, read_stamp(r.image)) for r in received]
-    offsets = sorted(r.pts - i * step for r, i in stamped if i is not None)
-    if not offsets:
-        return [], 0
-    offset = offsets[len(offsets) // 2]
-    latencies = []
-    agree = 0
-    for r, stamp_index in stamped:
-        index = round((r.pts - offset) / step)
-        pts = index * step
-        if pts in track.sent_at:
-            latencies.append((r.t - track.sent_at[pts]) * 1000)
-        agree += stamp_index is not None and stamp_index == index % (1 << MARK_BITS)
-    return latencies, agree
+    index: int
+    sent: float
+    received: float
+
+    @property
+    def latency_ms(self) -> float:
+        return (self.received - self.sent) * 1000
+
+
+@dataclass
+class Matching:
+    matches: list[Match]
+    """Received frames that are streamed frames, in receive order."""
+    method: str
+    """'anchor' or 'stamps' (how the pts constant was fixed), or 'none'."""
+    probe: int | None = None
+    """Anchored: the probe whose stylized frame came back first."""
+    stamps_read: int = 0
+    """Matched frames whose stamp was readable..."""
+    stamps_agree: int = 0
+    """...and named the same frame as the pts match (a cross-check in anchored mode)."""
+
+
+def match_frames(track: ClipTrack, received: list[Received]) -> Matching:
+    """Which streamed frame each received frame is, by pts (see the module docstring)."""
+    step = track.step
+    if track.anchored:
+        # Candidate constant: each probe's pts. Only the right one puts streamed frames on the grid.
+        def on_grid(pts: int, offset: int) -> bool:
+            rest = (pts + offset - track.stream_base) % step
+            return pts + offset >= track.stream_base and min(rest, step - rest) <= PTS_TOLERANCE
+
+        votes = [sum(on_grid(r.pts, p) for r in received) for p, _ in track.probes]
+        if not votes or max(votes) == 0:
+            return Matching([], "none")
+        probe = votes.index(max(votes))
+        offset, method = track.probes[probe][0], "anchor"
+    else:
+        stamped = [(r.pts, read_stamp(r.image)) for r in received]
+        offsets = sorted(i * step - pts for pts, i in stamped if i is not None)
+        if not offsets:
+            return Matching([], "none")
+        offset, probe, method = offsets[len(offsets) // 2], None, "stamps"
+    result = Matching([], method, probe)
+    for r in received:
+        index = round((r.pts + offset - track.stream_base) / step)
+        pts = track.stream_base + index * step
+        if abs(r.pts + offset - pts) > PTS_TOLERANCE or pts not in track.sent_at:
+            continue
+        result.matches.append(Match(index, track.sent_at[pts], r.t))
+        number = read_stamp(r.image)
+        if number is not None:
+            result.stamps_read += 1
+            result.stamps_agree += number == index % (1 << MARK_BITS)
+    return result
+
+
+def pts_latencies(track: ClipTrack, received: list[Received]) -> tuple[list[float], int]:
+    """(send->receive latency in ms per matched frame, stamps that agree with the match)."""
+    matching = match_frames(track, received)
+    return [m.latency_ms for m in matching.matches], matching.stamps_agree

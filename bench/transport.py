@@ -53,7 +53,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from bench import loopback
 from bench.loopback import ClipTrack, LoopbackClient, ping_pong, pts_latencies, read_clip
-from bench.webrtc_load import _cpu_seconds, _health, free_port
+from bench.provenance import git_state
+from bench.serve_process import free_port, health_of, process_cpu_seconds
 from signaling.encoders import realtime_encoder
 from signaling.jitter import install_marker_release
 from signaling.tracks import to_i420
@@ -207,16 +208,16 @@ def _one_run(
     server = _serve(config, tree, port, log_path)
     try:
         deadline = time.monotonic() + 120
-        while (h := _health(url)) is None or h["status"] != "ok":
+        while (h := health_of(url)) is None or h["status"] != "ok":
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not become healthy (see {log_path}): {h}")
             time.sleep(0.5)
         client_release = (config or {"client": "aiortc"})["client"]
         cmd = [sys.executable, "-m", "bench.transport", "client", "--url", url, "--clip", str(clip)]
         cmd += ["--seconds", str(seconds), "--release", client_release]
-        cpu0, t0 = _cpu_seconds(server.pid), time.monotonic()
+        cpu0, t0 = process_cpu_seconds(server.pid), time.monotonic()
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=seconds + 120, check=True)
-        cores = (_cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
+        cores = (process_cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
         row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
         row.update(config=name, server_cpu_cores=round(cores, 2), load_avg_1m=os.getloadavg()[0])
         print(f"latency: {name}: p50 {row['p50_ms']} ms p95 {row['p95_ms']} ms {row['fps']} fps", file=sys.stderr)
@@ -341,7 +342,7 @@ def run_browser(clip: Path, seconds: float, repeats: int, log_path: Path) -> dic
     runs: list[dict[str, Any]] = []
     try:
         deadline = time.monotonic() + 120
-        while (h := _health(url)) is None or h["status"] != "ok":
+        while (h := health_of(url)) is None or h["status"] != "ok":
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not become healthy (see {log_path}): {h}")
             time.sleep(0.5)
@@ -374,7 +375,7 @@ def run_browser(clip: Path, seconds: float, repeats: int, log_path: Path) -> dic
                     page.click("#stop")
                     context.close()
                     for _ in range(40):  # the session closes when the page hangs up
-                        if (_health(url) or {}).get("sessions", 1) == 0:
+                        if (health_of(url) or {}).get("sessions", 1) == 0:
                             break
                         time.sleep(0.25)
             browser.close()
@@ -401,7 +402,7 @@ def run_browser(clip: Path, seconds: float, repeats: int, log_path: Path) -> dic
 
 DOCS = REPO / "docs" / "transport.md"
 BEGIN, END = "<!-- bench.transport tables: begin -->", "<!-- bench.transport tables: end -->"
-RESULTS = REPO / "bench" / "results"
+RESULTS = REPO / "bench" / "results" / "transport"  # not the harness's schema: its own layout
 
 
 def _newest(kind: str) -> tuple[Path, dict[str, Any]]:
@@ -562,20 +563,20 @@ def main() -> None:
     e = sub.add_parser("encode", help="encoder cost per frame, before/after")
     e.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     e.add_argument("--frames", type=int, default=150)
-    e.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"{TODAY}-cpu-transport-encode.json")
+    e.add_argument("--out", type=Path, default=RESULTS / f"{TODAY}-cpu-transport-encode.json")
     lat = sub.add_parser("latency", help="loopback latency with each receive rule")
     lat.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     lat.add_argument("--seconds", type=float, default=15.0)
     lat.add_argument("--repeats", type=int, default=2)
     lat.add_argument("--base-tree", type=Path, default=None)
     lat.add_argument("--log", type=Path, default=Path("/tmp/livestyle-transport-bench.log"))
-    lat.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"{TODAY}-cpu-transport-latency.json")
+    lat.add_argument("--out", type=Path, default=RESULTS / f"{TODAY}-cpu-transport-latency.json")
     b = sub.add_parser("browser", help="what headless Chromium adds, with and without the playout request")
     b.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     b.add_argument("--seconds", type=float, default=10.0)
     b.add_argument("--repeats", type=int, default=2)
     b.add_argument("--log", type=Path, default=Path("/tmp/livestyle-transport-bench.log"))
-    b.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"{TODAY}-cpu-transport-browser.json")
+    b.add_argument("--out", type=Path, default=RESULTS / f"{TODAY}-cpu-transport-browser.json")
     sub.add_parser("docs", help="rewrite the tables in docs/transport.md from the newest results")
     c = sub.add_parser("client", help="(internal) one measuring client; prints a JSON line")
     c.add_argument("--url", required=True)
@@ -590,6 +591,7 @@ def main() -> None:
         print(json.dumps(asyncio.run(_measure_client(args.url, args.clip, args.seconds, args.release))), flush=True)
         return
     report: dict[str, Any] = {"command": " ".join(["python -m bench.transport", *sys.argv[1:]]), "date": TODAY}
+    report["git"] = git_state()
     report["machine"] = machine()
     if args.command == "encode":
         report["encode"] = run_encode(ping_pong(read_clip(args.clip)), args.frames)

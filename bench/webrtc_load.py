@@ -1,7 +1,10 @@
-"""The WebRTC path under load: a real `livestyle serve` process, N aiortc clients (one
+"""The WebRTC path under load: a real `livestyle serve` process and N aiortc clients (one
 process each, so the clients' own encode/decode does not share a GIL) sending a DAVIS
-clip at 30 fps. Per run: delivered fps and send->receive latency by pts per client, and
-the server process's CPU use (the CPU encode limit of one media process).
+clip at 30 fps over loopback. Per run: delivered fps per client, end-to-end latency by pts
+(client send -> client receive of the same frame, anchored without pixels: see
+bench/loopback.py), the engine-internal latency of the same frames (the change of the
+server's /metrics frame-latency histogram over the run), so the transport's share shows,
+and the server process's CPU use.
 
     python -m bench.webrtc_load client --url http://127.0.0.1:8080 --clip X.mp4 --codec VP8
 """
@@ -11,158 +14,165 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from aiohttp import ClientSession
 
-from bench.loopback import ClipTrack, LoopbackClient, ping_pong, pts_latencies, read_clip
+from bench.loopback import ClipTrack, LoopbackClient, match_frames, ping_pong, read_clip
+from bench.provenance import REPO
+from bench.serve_process import ServeProcess
+from bench.stats import histogram_block, histogram_delta, latency_block, no_samples
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _health(url: str) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
-            return json.loads(resp.read())
-    except (OSError, ValueError):
-        return None
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (no psutil needed)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+FPS = 30
+SETTLE_S = 1.0  # after the stream starts, before the measured window
+DRAIN_S = 15.0  # at most, after the window, for its last frames to arrive
+ENGINE_LATENCY = "livestyle_frame_latency_ms"
+MAX_ERRORS = 4
 
 
 async def _client(url: str, clip: Path, codec: str, seconds: float) -> dict[str, Any]:
-    track = ClipTrack(ping_pong(read_clip(clip)), fps=30)
+    track = ClipTrack(ping_pong(read_clip(clip)), fps=FPS, anchored=True)
     async with ClientSession() as http:
         client = LoopbackClient(url, track)
-        await client.connect(http, codec=codec)
-        await client.wait_frames(3, timeout=60)
-        n0, t0 = len(client.received), time.monotonic()
-        await asyncio.sleep(seconds)
-        fps = (len(client.received) - n0) / (time.monotonic() - t0)
-        await client.close()
-    latencies, stamped = pts_latencies(track, client.received)
-    p50, p95 = np.percentile(latencies, [50, 95]) if latencies else (float("nan"),) * 2
+        try:
+            await client.connect(http, codec=codec)
+            probes = await client.anchor()
+            await asyncio.sleep(SETTLE_S + seconds)
+            assert track.stream_start is not None
+            start = track.stream_start + SETTLE_S
+            await _drain(track, client, start + seconds)
+        finally:
+            await client.close()
+    matching = match_frames(track, client.received)
+    window = [m for m in matching.matches if start <= m.sent < start + seconds]
     return {
-        "fps": round(fps, 1),
-        "p50_ms": round(float(p50), 1),
-        "p95_ms": round(float(p95), 1),
+        "ok": True,
+        "fps": round(len(window) / seconds, 2),
+        "latencies_ms": [round(m.latency_ms, 2) for m in window],
+        "probes": probes,
+        "method": matching.method,
         "received": len(client.received),
-        "stamped": stamped,
+        "matched": len(matching.matches),
+        "stamps_read": matching.stamps_read,
+        "stamps_agree": matching.stamps_agree,
     }
 
 
-def _median(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return round(statistics.median(present), 1) if present else None
+async def _drain(track: ClipTrack, client: LoopbackClient, end: float) -> None:
+    """Wait until a frame sent after the window comes back (frames come back in the order
+    they were sent, so no frame of the window is still on its way), at most DRAIN_S."""
+    deadline = time.monotonic() + DRAIN_S
+    while time.monotonic() < deadline:
+        if any(m.sent >= end for m in match_frames(track, client.received[-8:]).matches):
+            return
+        await asyncio.sleep(0.1)
 
 
-def run_webrtc(
-    serve_args: Sequence[str],
-    clip: Path,
-    counts: Sequence[int],
-    codecs: Sequence[str],
-    seconds: float,
-    log_path: Path,
-    progress: Callable[[str], None] = print,
-    startup_timeout: float = 900,
-) -> list[dict[str, Any]]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "server.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--max-sessions",
-        str(max(counts)),
-        *serve_args,
-    ]
-    rows: list[dict[str, Any]] = []
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while (h := _health(url)) is None or h["status"] != "ok":
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not become healthy (see {log_path}): {h}")
-                time.sleep(1)
-            progress(f"webrtc: server up ({h['engine']['kind']}), port {port}")
-            for codec in codecs:
-                for n in counts:
-                    progress(f"webrtc: {n} client(s), {codec}, {seconds:.0f} s")
-                    cpu0, t0 = _cpu_seconds(server.pid), time.monotonic()
-                    procs = [
-                        subprocess.Popen(
-                            [
-                                sys.executable,
-                                "-m",
-                                "bench.webrtc_load",
-                                "client",
-                                "--url",
-                                url,
-                                "--clip",
-                                str(clip),
-                                "--codec",
-                                codec,
-                                "--seconds",
-                                str(seconds),
-                            ],
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL,
-                            text=True,
-                        )
-                        for _ in range(n)
-                    ]
-                    outs = [p.communicate(timeout=seconds + 120)[0] for p in procs]
-                    wall = time.monotonic() - t0
-                    cores = (_cpu_seconds(server.pid) - cpu0) / wall
-                    clients = [json.loads(o.strip().splitlines()[-1]) for o in outs if o.strip()]
-                    fps = [c["fps"] for c in clients]
-                    rows.append(
-                        {
-                            "codec": codec,
-                            "clients": n,
-                            "completed": len(clients),
-                            "delivered_fps_min": min(fps) if fps else 0.0,
-                            "delivered_fps_mean": round(statistics.mean(fps), 1) if fps else 0.0,
-                            "p50_ms": round(statistics.median(c["p50_ms"] for c in clients), 1) if clients else None,
-                            "p95_ms": round(max(c["p95_ms"] for c in clients), 1) if clients else None,
-                            "server_cpu_cores": round(cores, 2),
-                        }
-                    )
-                    for _ in range(30):  # sessions close when the clients hang up
-                        if (_health(url) or {}).get("sessions", 1) == 0:
-                            break
-                        time.sleep(0.5)
-        finally:
-            server.terminate()
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-    return rows
+def _collect(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {"ok": False, "error": f"client did not finish within {timeout:.0f} s"}
+    lines = out.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        return {"ok": False, "error": f"client exited with {proc.returncode}: {err[-300:]}"}
+    return result if isinstance(result, dict) else {"ok": False, "error": "client printed no JSON object"}
+
+
+class WebrtcRun:
+    """Load runs against one server: N client processes per run, the server's CPU time and
+    /metrics histogram read before and after."""
+
+    def __init__(
+        self,
+        server: ServeProcess,
+        clip: Path,
+        seconds: float,
+        processes: list[dict[str, Any]],
+        progress: Callable[[str], None],
+    ) -> None:
+        self.server = server
+        self.clip = clip
+        self.seconds = seconds
+        self.processes = processes
+        self.progress = progress
+
+    def fill(
+        self,
+        section: dict[str, Any],
+        counts: tuple[int, ...],
+        codecs: tuple[str, ...],
+        fits: Callable[[str, int], bool],
+        save: Callable[[], Any],
+    ) -> None:
+        """Every (codec, count) run that `fits`, into section["rows"], saving after each."""
+        section.update({"fed_fps": FPS, "seconds": self.seconds, "settle_s": SETTLE_S, "rows": []})
+        for codec in codecs:
+            for n in counts:
+                if not fits(codec, n):
+                    continue
+                self.progress(f"webrtc: {n} client(s), {codec}, {self.seconds:.0f} s")
+                section["rows"].append(self.one(codec, n))
+                save()
+                for _ in range(40):  # sessions close when the clients hang up
+                    if self.server.sessions() == 0:
+                        break
+                    time.sleep(0.25)
+
+    def one(self, codec: str, n: int) -> dict[str, Any]:
+        server = self.server
+        argv = [sys.executable, "-m", "bench.webrtc_load", "client", "--url", server.url, "--clip", str(self.clip)]
+        argv += ["--codec", codec, "--seconds", str(self.seconds)]
+        self.processes.append({"role": "client", "name": f"webrtc {codec} x{n}", "argv": argv, "count": n})
+        hist0, cpu0, t0 = server.histogram(ENGINE_LATENCY), server.cpu_seconds(), time.monotonic()
+        procs = [
+            subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(n)
+        ]
+        clients = [_collect(p, self.seconds + 120) for p in procs]
+        cores = (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        hist1 = server.histogram(ENGINE_LATENCY)
+        row = _client_columns(codec, n, clients)
+        if hist0 is None or hist1 is None:
+            row["engine"] = no_samples(f"the server's /metrics has no {ENGINE_LATENCY} histogram")
+        else:
+            row["engine"] = histogram_block(*histogram_delta(hist0, hist1), "the engine made no frames")
+        if row["e2e"]["count"] and row["engine"]["count"]:
+            row["transport_mean_ms"] = round(row["e2e"]["mean_ms"] - row["engine"]["mean_ms"], 2)
+        row["server_cpu_cores"] = round(cores, 2)
+        return row
+
+
+def _client_columns(codec: str, n: int, clients: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [c for c in clients if c.get("ok")]
+    row: dict[str, Any] = {"codec": codec, "clients": n, "completed": len(ok)}
+    errors = [str(c.get("error"))[:300] for c in clients if not c.get("ok")]
+    if errors:
+        row["errors"] = errors[:MAX_ERRORS]
+    if ok:
+        fps = [c["fps"] for c in ok]
+        row["delivered_fps_min"] = min(fps)
+        row["delivered_fps_mean"] = round(statistics.mean(fps), 2)
+        medians = [statistics.median(c["latencies_ms"]) for c in ok if c["latencies_ms"]]
+        row["e2e_client_p50_ms"] = sorted(round(m, 2) for m in medians)
+    row["e2e"] = latency_block([v for c in ok for v in c["latencies_ms"]], "no received frame matched a sent one")
+    row["anchor"] = {
+        "probes_max": max((c["probes"] for c in ok), default=0),
+        "received": sum(c["received"] for c in ok),
+        "matched": sum(c["matched"] for c in ok),
+    }
+    row["stamps"] = {"read": sum(c["stamps_read"] for c in ok), "agree": sum(c["stamps_agree"] for c in ok)}
+    return row
 
 
 def main() -> None:
@@ -174,7 +184,11 @@ def main() -> None:
     c.add_argument("--codec", default="VP8")
     c.add_argument("--seconds", type=float, default=8.0)
     args = p.parse_args()
-    print(json.dumps(asyncio.run(_client(args.url, args.clip, args.codec, args.seconds))), flush=True)
+    try:
+        result = asyncio.run(_client(args.url, args.clip, args.codec, args.seconds))
+    except Exception as exc:  # noqa: BLE001 - reported to the harness, which records it
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -454,57 +454,89 @@ def load_stylize_config(argv: Sequence[str], environ: Mapping[str, str] | None =
 
 
 def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Any:
-    from bench.harness import SCENARIOS, BenchConfig
+    from bench.harness import ENGINE_SCENARIOS, SCENARIOS, BenchConfig
 
     env = os.environ if environ is None else environ
     repo = Path(__file__).resolve().parent.parent
     shared = repo.parent / "shared"
-    p = argparse.ArgumentParser(prog="livestyle bench", description="Benchmark the engine; writes a JSON result.")
+    b = BenchConfig
+    p = argparse.ArgumentParser(
+        prog="livestyle bench",
+        description="Benchmark the engine and the server; writes a results file (docs/performance.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument(
         "--model",
         default=env.get("LIVESTYLE_MODEL") or f"random:{shared / 'reference'}",
-        help="random:DIR (full-size random weights from reference configs; default), tiny, HF id or dir",
+        help="random:DIR (full-size random weights from reference configs), tiny, HF id or dir",
     )
     p.add_argument("--davis-dir", type=Path, default=shared / "data" / "davis", help="folder of DAVIS .mp4 clips")
-    p.add_argument("--out-dir", type=Path, default=repo / "bench" / "results")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
-    p.add_argument("--frames", type=int, default=480, help="frames per offline measurement")
-    p.add_argument("--batches", type=_int_list, default=(1, 8, 16), help="B values for the paper scenario")
-    p.add_argument("--sessions", type=_int_list, default=(1, 2, 4, 8, 16), help="N values, many sessions")
-    p.add_argument("--live-seconds", type=float, default=6.0, help="measured seconds per real-time scenario")
-    p.add_argument("--naive-frames", type=int, default=24)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--compile", choices=COMPILE_MODES, default="auto")
-    p.add_argument("--tag", default="", help="extra text for the result file name")
+    p.add_argument("--out-dir", type=Path, default=repo / "bench" / "results", help="where the results file goes")
+    p.add_argument("--scenarios", default=",".join(ENGINE_SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
+    p.add_argument("--frames", type=int, default=b.frames, help="frames per offline clip measurement")
+    p.add_argument("--batches", type=_int_list, default=b.batches, help="B values for the paper scenario")
+    p.add_argument("--sessions", type=_int_list, default=b.sessions, help="N values of the sessions scenario")
+    p.add_argument("--live-seconds", type=float, default=b.live_seconds, help="measured seconds per sessions row")
+    p.add_argument("--naive-frames", type=int, default=b.naive_frames, help="frames per naive scenario")
+    p.add_argument("--device", default=b.device, help="torch device: auto, cuda, cuda:N, cpu")
+    p.add_argument("--compile", choices=COMPILE_MODES, default=b.compile, help="torch.compile mode")
+    p.add_argument("--size", type=int, default=b.size, help="frame side of the in-process scenarios")
+    p.add_argument("--tag", default=b.tag, help="extra text for the results file name")
+    p.add_argument("--buckets", type=_int_list, default=b.buckets, help="batch buckets the in-process engine compiles")
+    p.add_argument("--budget-s", type=float, default=None, help="skip steps that would overrun this many seconds")
+    p.add_argument("--adapter-blocks", default=",".join(b.adapter_blocks), help="down_blocks and/or all")
+    p.add_argument("--adapter-refresh", type=_int_list, default=b.adapter_refresh, help="adapter refresh periods")
+    p.add_argument("--webrtc-clients", type=_int_list, default=b.webrtc_clients, help="client counts, webrtc")
+    p.add_argument("--webrtc-codecs", default=",".join(b.webrtc_codecs), help="codecs of the webrtc scenario")
+    p.add_argument("--webrtc-seconds", type=float, default=b.webrtc_seconds, help="measured seconds per webrtc run")
+    p.add_argument("--webrtc-engine", choices=("diffusion", "preview"), default=b.webrtc_engine)
+    p.add_argument("--serve-buckets", type=_int_list, default=b.serve_buckets, help="buckets of the server processes")
     p.add_argument(
-        "--buckets",
-        type=_int_list,
-        default=(1, 8, 16),
-        help="batch buckets to compile (default 1,8,16: ~80 s each, so the run fits 10 minutes; other sizes pad up)",
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="extra option for every server process, repeatable (e.g. --serve-arg=--cache-dir=DIR)",
     )
-    p.add_argument("--webrtc-clients", type=_int_list, default=(1, 2, 4, 8), help="client counts, webrtc scenario")
-    p.add_argument("--webrtc-codecs", default="VP8,H264", help="codecs of the webrtc scenario")
-    p.add_argument("--webrtc-seconds", type=float, default=8.0)
-    p.add_argument("--webrtc-engine", choices=("diffusion", "preview"), default="diffusion")
-    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    p.add_argument("--serve-timeout", type=float, default=b.serve_timeout_s, help="seconds a server may take to start")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=b.log_level)
     args = p.parse_args(list(argv))
     codecs = tuple(c.strip().upper() for c in args.webrtc_codecs.split(",") if c.strip())
     if not codecs or any(c not in ("VP8", "H264") for c in codecs):
-        raise ConfigError(f"webrtc codecs {args.webrtc_codecs!r} are not allowed; use VP8 and/or H264")
+        raise ConfigError(f"--webrtc-codecs {args.webrtc_codecs!r} is not allowed; use VP8 and/or H264")
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
     unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown:
-        raise ConfigError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    if unknown or not scenarios:
+        given = ", ".join(unknown) or "(none given)"
+        raise ConfigError(f"--scenarios: unknown {given}; choose from {', '.join(SCENARIOS)}")
+    blocks = tuple(s.strip() for s in args.adapter_blocks.split(",") if s.strip())
+    if not blocks or any(x not in ("down_blocks", "all") for x in blocks):
+        raise ConfigError(f"--adapter-blocks {args.adapter_blocks!r} is not allowed; use down_blocks and/or all")
     if not args.davis_dir.is_dir():
         raise ConfigError(f"DAVIS folder {args.davis_dir} does not exist; pass --davis-dir")
-    bad = [b for b in (*args.batches, *args.sessions) if not 1 <= b <= 16]
+    counts = (*args.batches, *args.sessions, *args.webrtc_clients)
+    if not all((args.batches, args.sessions, args.webrtc_clients)) or any(not 1 <= n <= 16 for n in counts):
+        raise ConfigError(f"--batches, --sessions and --webrtc-clients take counts of 1..16, got {list(counts)}")
+    for flag, values in (("--buckets", args.buckets), ("--serve-buckets", args.serve_buckets)):
+        if not values or any(v not in BATCH_BUCKETS for v in values):
+            raise ConfigError(f"{flag} {values} is not allowed; use a subset of {BATCH_BUCKETS}")
+    numbers = {
+        "--frames": args.frames,
+        "--naive-frames": args.naive_frames,
+        "--live-seconds": args.live_seconds,
+        "--webrtc-seconds": args.webrtc_seconds,
+        "--serve-timeout": args.serve_timeout,
+        "--budget-s": args.budget_s,
+        "--adapter-refresh": min(args.adapter_refresh, default=0),
+    }
+    bad = [f"{k} {v}" for k, v in numbers.items() if v is not None and not v > 0]
     if bad:
-        raise ConfigError(f"batch and session counts must be 1..16, got {bad}")
+        raise ConfigError(f"{', '.join(bad)}: must be positive")
     config = BenchConfig(
         model=args.model,
         davis_dir=args.davis_dir,
         out_dir=args.out_dir,
         scenarios=scenarios,
+        command=("livestyle", "bench", *argv),
         frames=args.frames,
         batches=args.batches,
         sessions=args.sessions,
@@ -512,12 +544,20 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
         naive_frames=args.naive_frames,
         device=args.device,
         compile=args.compile,
-        tag=args.tag,
+        size=args.size,
         buckets=args.buckets,
+        tag=args.tag,
+        budget_s=args.budget_s,
+        adapter_blocks=blocks,
+        adapter_refresh=args.adapter_refresh,
         webrtc_clients=args.webrtc_clients,
         webrtc_codecs=codecs,
         webrtc_seconds=args.webrtc_seconds,
         webrtc_engine=args.webrtc_engine,
+        serve_buckets=args.serve_buckets,
+        serve_args=tuple(args.serve_arg),
+        serve_timeout_s=args.serve_timeout,
+        log_level=args.log_level,
     )
-    object.__setattr__(config, "log_level", args.log_level)
+    config.engine_config()  # size, buckets and batch fit together (ConfigError naming the values)
     return config

@@ -1,0 +1,108 @@
+"""Where a result came from: the git commit, the host, library versions, and the argv and
+effective configuration of every process of the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+LIBRARIES = ("aiortc", "av", "aiohttp", "numpy", "opencv-python-headless", "torch", "diffusers", "transformers")
+REDACTED = "<redacted>"
+ENV_PREFIX = "LIVESTYLE_"
+MAX_CHANGED = 50
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=20, check=True
+    ).stdout.strip()
+
+
+def git_state() -> dict[str, Any]:
+    """{"commit", "dirty", "changed"} (tracked files that differ from the commit), or
+    {"commit": None, "reason"} outside a git checkout."""
+    try:
+        commit = _git("rev-parse", "HEAD")
+        changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"commit": None, "reason": f"not a git checkout or git failed: {exc}"[:300]}
+    return {"commit": commit, "dirty": bool(changed), "changed": changed[:MAX_CHANGED]}
+
+
+def host_info() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # omitted: not installed here
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu or platform.processor() or "unknown",
+        "cpu_count": os.cpu_count() or 0,
+        "libraries": versions,
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """A config dataclass as JSON: fields in order, Paths/Fractions as strings, tuples as
+    lists; fields declared with repr=False (secrets) redacted."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: (REDACTED if not f.repr and getattr(value, f.name) else jsonable(getattr(value, f.name)))
+            for f in dataclasses.fields(value)
+        }
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Enum):
+        return jsonable(value.value)
+    if isinstance(value, Path | Fraction):
+        return str(value)
+    return value
+
+
+def server_env() -> tuple[dict[str, str], list[str]]:
+    """The environment for a server process the harness starts: ours without LIVESTYLE_*
+    variables, so its configuration is its argv alone. Returns (env, removed names)."""
+    removed = sorted(k for k in os.environ if k.startswith(ENV_PREFIX))
+    return {k: v for k, v in os.environ.items() if k not in removed}, removed
+
+
+def server_record(name: str, argv: Sequence[str], removed_env: Sequence[str]) -> dict[str, Any]:
+    """A `livestyle serve` process: its argv and the ServerConfig the server's own config
+    code computes from it (argv[0:4] are python -m server.cli serve)."""
+    from server.config import load_config
+
+    config = load_config(list(argv[4:]), environ={})
+    return {
+        "role": "server",
+        "name": name,
+        "argv": list(argv),
+        "env_removed": list(removed_env),
+        "config": jsonable(config),
+    }
