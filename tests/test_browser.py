@@ -130,8 +130,10 @@ class Capture:
     local: list[np.ndarray]  # the camera frames shown just before, cropped/scaled as the server does
 
 
-def capture(live: LivePage, history: int = 10) -> Capture:
-    frames = live.page.evaluate(CAPTURE_JS, {"history": history, "timeoutMs": 5000})
+def capture(live: LivePage, history: int = 40) -> Capture:
+    # The stylized frame is matched against the camera frames shown before it: the history
+    # must span the round trip, which on a loaded CI machine reaches a second (10 was too few).
+    frames = live.page.evaluate(CAPTURE_JS, {"history": history, "timeoutMs": 10_000})
     remote = decode_data_url(frames["remote"])
     local = [fit_square(decode_data_url(url), remote.shape[0]) for url in frames["local"]]
     return Capture(remote, local)
