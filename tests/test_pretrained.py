@@ -43,6 +43,8 @@ pytestmark = [pytest.mark.diffusion, pytest.mark.timeout(400)]
 REPO, REVISION = "carlofkl/DreamLite-mobile", "diffusers"
 PARTS = {"unet", "vae", "text_encoder", "tokenizer", "processor", "scheduler"}
 CPU = ("--engine", "diffusion", "--device", "cpu", "--max-batch", "1")  # one bucket to warm up on a CPU
+# Served engines encode the prompt text only (cached): CPU steps of seconds, not tens of seconds.
+SERVE_CPU = (*CPU, "--text-mode", "prompt")
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 STOP_S = 90  # a graceful stop waits for the engine's current step, seconds long on a loaded CPU
 
@@ -168,7 +170,7 @@ def wait_engine_idle(server: LiveServer) -> None:
 
 @pytest.fixture
 def served(saved) -> Iterator[LiveServer]:
-    server = spawn_server("folder", "--model", str(saved), *CPU)
+    server = spawn_server("folder", "--model", str(saved), *SERVE_CPU)
     yield server
     if server.process.poll() is None:
         wait_engine_idle(server)
@@ -206,7 +208,7 @@ def hub(saved) -> Iterator[FakeHub]:
 def test_port_answers_warming_up_while_the_weights_download(hub, tmp_path):
     hub.hold(UNET_WEIGHTS)
     env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
-    server = spawn_server("download", "--model", REPO, *CPU, env=env)
+    server = spawn_server("download", "--model", REPO, *SERVE_CPU, env=env)
     try:
         status, body = wait_until(server.health, "/healthz to answer", 120, server)
         print(f"\ndownload: /healthz answers {status} {body['status']} while {UNET_WEIGHTS} is held")
