@@ -38,11 +38,11 @@ log = logging.getLogger(__name__)
 
 DIFFUSION_MODULES = ("torch", "diffusers", "transformers")
 NO_CUDA = "no CUDA device is available"
-INSTALL_DIFFUSION = (
-    "Remedy: install the diffusion stack into this environment: `LIVESTYLE_WITH_DIFFUSION=1 scripts/setup.sh serve` "
-    "(it installs torch's CUDA build, several GB; see the README's Install section), or run the CPU preview "
-    "with --engine preview."
+INSTALL_STEP = (
+    "install the diffusion stack into this environment: `LIVESTYLE_WITH_DIFFUSION=1 scripts/setup.sh serve` "
+    "(it installs torch's CUDA build, several GB; see the README's Install section)"
 )
+INSTALL_DIFFUSION = f"Remedy: {INSTALL_STEP}, or run the CPU preview with --engine preview."
 NO_CUDA_REMEDIES = (
     "Remedies: run on a machine with an NVIDIA GPU and driver (nvidia-smi must work); add --device cpu to run "
     "the diffusion engine on the CPU anyway (slow; --model tiny is a quick check); or --engine preview for the "
@@ -199,9 +199,13 @@ def resolve_engine(config: EngineConfig) -> EngineSpec:
     strict = _needs_diffusion(config)
     missing = diffusion_stack_missing()
     if missing is not None:
-        if strict or shutil.which("nvidia-smi") is not None:
-            return _fallback(config, f"the diffusion stack is not installed ({missing} is missing)", INSTALL_DIFFUSION)
-        return _fallback(config, "no CUDA device is available (and the diffusion stack is not installed)", "")
+        no_gpu = shutil.which("nvidia-smi") is None
+        if not strict and no_gpu:
+            return _fallback(config, "no CUDA device is available (and the diffusion stack is not installed)", "")
+        reason = f"the diffusion stack is not installed ({missing} is missing)"
+        if no_gpu and config.device != "cpu" and config.model != TINY:  # installing it alone will not do
+            return _fallback(config, f"{reason} and {NO_CUDA}", f"{INSTALL_DIFFUSION} {NO_CUDA_REMEDIES}")
+        return _fallback(config, reason, INSTALL_DIFFUSION)
     device, why_not = torch_device(config)
     if device is None:
         why_not = why_not or NO_CUDA

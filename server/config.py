@@ -416,7 +416,7 @@ def load_stylize_config(argv: Sequence[str], environ: Mapping[str, str] | None =
 
 def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Any:
     from bench.harness import SCENARIOS, BenchConfig
-    from pipeline.engines import INSTALL_DIFFUSION, diffusion_stack_missing
+    from pipeline.engines import INSTALL_STEP, diffusion_stack_missing
 
     env = os.environ if environ is None else environ
     repo = Path(__file__).resolve().parent.parent
@@ -456,7 +456,7 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
     args = p.parse_args(list(argv))
     if (missing := diffusion_stack_missing()) is not None:
         raise ConfigError(
-            f"livestyle bench runs the diffusion engine, and {missing} is not installed. {INSTALL_DIFFUSION}"
+            f"livestyle bench runs the diffusion engine, and {missing} is not installed. Remedy: {INSTALL_STEP}."
         )
     codecs = tuple(c.strip().upper() for c in args.webrtc_codecs.split(",") if c.strip())
     if not codecs or any(c not in ("VP8", "H264") for c in codecs):
