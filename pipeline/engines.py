@@ -70,14 +70,15 @@ def _log_progress(message: str) -> None:
 
 
 def preview_spec(config: EngineConfig, reason: str) -> EngineSpec:
-    backend = PreviewBackend(
-        size=config.size, max_batch=config.max_batch, max_prompt_chars=config.max_prompt_chars, reason=reason
-    )
+    def backend() -> PreviewBackend:
+        return PreviewBackend(
+            size=config.size, max_batch=config.max_batch, max_prompt_chars=config.max_prompt_chars, reason=reason
+        )
 
     def build(stats: EngineStats, progress: Callable[[str], None] = _log_progress) -> EngineCore:
-        return EngineCore(backend, stats)
+        return EngineCore(backend(), stats)  # a fresh backend per build: a rebuild shares nothing
 
-    return EngineSpec(info=backend.info, build=build)
+    return EngineSpec(info=backend().info, build=build)
 
 
 def diffusion_stack_missing() -> str | None:

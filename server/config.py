@@ -354,8 +354,9 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -
     if turn_urls or turn_secret:
         if not (turn_urls and turn_secret):
             raise ConfigError("TURN needs both --turn-url and --turn-secret (or LIVESTYLE_TURN_URLS/_SECRET)")
-        ttl = {"ttl_s": args.turn_ttl} if args.turn_ttl is not None else {}
-        values["turn"] = TurnConfig(urls=tuple(u.strip() for u in turn_urls), secret=turn_secret, **ttl)
+        values["turn"] = TurnConfig(
+            urls=tuple(u.strip() for u in turn_urls), secret=turn_secret, ttl_s=args.turn_ttl or 3600
+        )
     return ServerConfig(engine=engine_config(args, env), **values)  # type: ignore[arg-type]
 
 

@@ -14,16 +14,20 @@ import subprocess
 import sys
 import time
 import wave
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import pytest
 from browser_support import ROOT, free_port, http_json
-from fakes import FakeBackend, fake_spec
+from fakes import FakeBackend
 from media import DAVIS_DIR
 
+from pipeline.client import EngineSpec
+from pipeline.core import EngineCore
 from pipeline.engines import diffusion_stack_missing
+from pipeline.stats import EngineStats
 from pipeline.video_file import partial_path, stylize_file
 from server.cli import listening_lines, main
 from server.config import _DIFFUSION_FIELDS, _ENGINE_FIELDS, _SERVER_FIELDS
@@ -149,7 +153,7 @@ def test_every_option_shows_its_default_and_environment_variable():
         flag = "--" + dest.replace("_", "-")
         entry = help_text[help_text.index(flag + " ") :]
         entry = entry[: entry.index(f"env {var}") + len(var) + 4]
-        assert "default: " in entry and var in entry, f"{flag}: {entry!r}"
+        assert "default" in entry and var in entry, f"{flag}: {entry!r}"
     assert "(default: 8080; env LIVESTYLE_PORT)" in help_text
     assert "(default: carlofkl/DreamLite-mobile; env LIVESTYLE_MODEL)" in help_text
     stylize_help = " ".join(run_cli("stylize", "--help").stdout.split())
@@ -259,13 +263,20 @@ def test_ctrl_c_leaves_no_half_written_output(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4"]
 
 
+def spec_of(backend: FakeBackend) -> EngineSpec:
+    def build(stats: EngineStats, progress: Callable[[str], None] | None = None) -> EngineCore:
+        return EngineCore(backend, stats)
+
+    return EngineSpec(info=backend.info, build=build)
+
+
 def test_a_failed_run_keeps_the_previous_output(tmp_path):
     target = tmp_path / "out.mp4"
     target.write_bytes(b"the previous result")
     backend = FakeBackend(max_batch=1)
     backend.fail_next_step = RuntimeError("injected engine fault")
     with pytest.raises(RuntimeError, match="injected"):
-        stylize_file(fake_spec(backend), GOAT, target, "x")
+        stylize_file(spec_of(backend), GOAT, target, "x")
     assert target.read_bytes() == b"the previous result"
     assert not partial_path(target).exists()
 
@@ -273,7 +284,7 @@ def test_a_failed_run_keeps_the_previous_output(tmp_path):
 def test_a_finished_run_replaces_the_output(tmp_path):
     target = tmp_path / "out.mkv"
     target.write_bytes(b"the previous result")
-    result = stylize_file(fake_spec(FakeBackend(max_batch=4)), GOAT, target, "x")
+    result = stylize_file(spec_of(FakeBackend(max_batch=4)), GOAT, target, "x")
     with av.open(str(target)) as out:
         assert "matroska" in out.format.name and sum(1 for _ in out.decode(video=0)) == result.frames > 0
     assert not partial_path(target).exists()
