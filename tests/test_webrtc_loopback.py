@@ -68,8 +68,8 @@ async def test_davis_clip_streams_stylized_at_speed(preview_server, clip, record
         f"p90 {np.percentile(latencies, 90):.0f} ms, {stamped}/{len(received)} stamps read"
     )
 
-    # Speeds are recorded above, not asserted: on a loaded CI machine they measure the machine.
-    assert fps >= 2, "the stylized stream stalled"
+    assert fps >= 20
+    assert median_ms <= 150
     assert stamped >= len(received) * 0.5  # the pts matching is anchored by many frames
     assert len(latencies) >= len(received) * 0.9
     pts = [r.pts for r in received]
@@ -80,7 +80,7 @@ async def test_davis_clip_streams_stylized_at_speed(preview_server, clip, record
     assert statistics.median(to_styled) < 0.6 * statistics.median(to_source)
     assert statistics.median(to_source) > 15  # visibly different from the camera
     assert client.messages[0]["type"] == "hello" and client.messages[0]["engine"]["kind"] == "preview"
-    assert stats["fps_in"] > 0 and stats["latency_ms"] is not None
+    assert stats["fps_in"] > 10 and stats["latency_ms"] is not None
 
 
 async def test_set_prompt_round_trip_changes_the_output(preview_server, clip):
@@ -98,7 +98,8 @@ async def test_set_prompt_round_trip_changes_the_output(preview_server, clip):
         await asyncio.sleep(1.5)
         await client.close()
     print(f"\nprompt applied: server {applied['latency_ms']} ms, round trip {round_trip_ms:.0f} ms")
-    assert applied["seq"] == 1 and applied["latency_ms"] > 0  # times printed above, not bounded
+    assert applied["seq"] == 1 and 0 < applied["latency_ms"] < 500
+    assert round_trip_ms < 1000
     before = client.received[max(0, n_switch - 10) : n_switch - 2]
     after = client.received[n_switch + 8 :]
     a_styled, _ = match_quality(clip, after, PROMPT_B)
