@@ -151,8 +151,9 @@ def test_every_option_shows_its_default_and_environment_variable():
     tables = {**_SERVER_FIELDS, **_ENGINE_FIELDS, **_DIFFUSION_FIELDS}
     for dest, (var, _cast, _field) in tables.items():
         flag = "--" + dest.replace("_", "-")
-        entry = help_text[help_text.index(flag + " ") :]
-        entry = entry[: entry.index(f"env {var}") + len(var) + 4]
+        entry = help_text[help_text.index(flag + " ") + len(flag) :]
+        following = re.search(r" --[a-z][a-z-]* [A-Z{]", entry)  # the next option and its metavar
+        entry = entry[: following.start()] if following else entry
         assert "default" in entry and var in entry, f"{flag}: {entry!r}"
     assert "(default: 8080; env LIVESTYLE_PORT)" in help_text
     assert "(default: carlofkl/DreamLite-mobile; env LIVESTYLE_MODEL)" in help_text
