@@ -1,9 +1,14 @@
 """Stylize a video file with the engine core (clip mode: batches of consecutive frames
-of one stream, the paper's operating mode). The audio stream, if any, is copied."""
+of one stream, the paper's operating mode). The audio stream, if any, is copied.
+
+The output is written to a hidden partial file next to the target and renamed over it only
+once complete: an interrupted or failed run leaves no half-written video behind."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +25,8 @@ from pipeline.stats import EngineStats
 
 log = logging.getLogger(__name__)
 SESSION = "file"
+OUTPUT_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
+"""Output file extensions and the container each one is written as (H.264 or MPEG-4 video)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,28 @@ class FileResult:
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def probe_video(path: Path) -> int | None:
+    """Check that `path` holds video FFmpeg can decode (its first frame decodes), before any
+    engine work; returns the frame count the container states, if any. Raises ValueError
+    naming the file and what is wrong."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
+                raise ValueError(f"input {path} has no video stream (it has {kinds})")
+            stream = container.streams.video[0]
+            if next(container.decode(stream), None) is None:
+                raise ValueError(f"input {path}: its video stream has no frame that decodes")
+            return stream.frames or None
+    except av.FFmpegError as exc:
+        raise ValueError(f"input {path} is not a video FFmpeg can read ({exc.strerror or exc})") from None
+
+
+def partial_path(target: Path) -> Path:
+    """Where the output is written until it is complete (hidden, next to the target)."""
+    return target.with_name(f".{target.name}.partial")
 
 
 def _video_codec() -> str:
@@ -56,7 +85,14 @@ def stylize_file(
         for event in core.execute(AddSession(SESSION, prompt)):
             if isinstance(event, SessionError):
                 raise ValueError(f"prompt refused: {event.message}")
-        return _run(core, source, target, on_progress, total_hint)
+        partial = partial_path(target)
+        try:
+            result = _run(core, source, partial, OUTPUT_FORMATS[target.suffix.lower()], on_progress, total_hint)
+            os.replace(partial, target)
+        finally:  # also on Ctrl-C (KeyboardInterrupt): nothing half-written stays behind
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        return result
     finally:
         core.close()
 
@@ -65,13 +101,14 @@ def _run(
     core: EngineCore,
     source: Path,
     target: Path,
+    container_format: str,
     on_progress: Callable[[int], None],
     total_hint: Callable[[int | None], None],
 ) -> FileResult:
     size = core.info.output_size
     batch: list[FrameIn] = []
     written = decoded = 0
-    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+    with av.open(str(source)) as src, av.open(str(target), "w", format=container_format) as dst:
         vin = src.streams.video[0]
         ain = src.streams.audio[0] if src.streams.audio else None
         total_hint(vin.frames or None)

@@ -2,6 +2,4 @@
 # Start the server, setting up whatever is missing first. Options go to `livestyle serve`
 # (see --help), e.g. scripts/serve.sh --port 8080 --engine preview
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-"$root/scripts/setup.sh" serve
-exec "${LIVESTYLE_VENV:-$root/.venv}/bin/livestyle" serve "$@"
+exec "$(dirname "$0")/livestyle" serve "$@"

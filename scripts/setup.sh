@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Create or update the project's virtual environment (.venv) with what a mode needs.
-#   scripts/setup.sh serve   runtime (+ the diffusion stack when an NVIDIA GPU is present)
+#   scripts/setup.sh serve   runtime (+ the diffusion stack when an NVIDIA GPU is present,
+#                            or when LIVESTYLE_WITH_DIFFUSION=1)
 #   scripts/setup.sh test    runtime + diffusion stack (CPU use) + test tools
-# Idempotent: does nothing when the environment already matches pyproject.toml.
+# Idempotent and quiet: does nothing when the environment already has what the mode needs
+# for this pyproject.toml (an environment set up for `test` also serves).
 set -euo pipefail
 mode=${1:-serve}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,21 +26,35 @@ case "$mode" in
 esac
 
 if [ ! -x "$venv/bin/python" ]; then
-  echo "setup: creating $venv"
+  echo "setup: creating $venv" >&2
   "$python" -m venv "$venv"
 fi
 stamp="$venv/.livestyle-setup"
-want="$(cat "$root/pyproject.toml" | sha256sum | cut -c1-16) $extras $torch_spec"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
+project="$(sha256sum < "$root/pyproject.toml" | cut -c1-16)"
+torch_wanted=""
+if [ "$with_torch" = 1 ]; then torch_wanted="$torch_spec"; fi
+if [ -f "$stamp" ]; then
+  IFS='|' read -r had_project had_extras had_torch < "$stamp" || true
+  covered=1
+  for extra in ${extras//,/ }; do
+    case ",$had_extras," in *",$extra,"*) ;; *) covered=0 ;; esac
+  done
+  if [ "$had_project" = "$project" ] && [ "$covered" = 1 ] && { [ -z "$torch_wanted" ] || [ "$had_torch" = "$torch_wanted" ]; }; then
+    exit 0
+  fi
+  # Keep what was installed before: a test environment stays one when it also serves.
+  for extra in ${had_extras//,/ }; do
+    case ",$extras," in *",$extra,"*) ;; *) extras="$extras,$extra" ;; esac
+  done
+  if [ -z "$torch_wanted" ] && [ -n "${had_torch:-}" ]; then torch_wanted="$had_torch"; fi
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install --upgrade pip
-if [ "$with_torch" = 1 ]; then
-  echo "setup: installing $torch_spec (large; first time only)"
+if [ -n "$torch_wanted" ]; then
+  echo "setup: installing $torch_wanted (the CUDA build with its CUDA libraries: several GB; first time only)" >&2
   # shellcheck disable=SC2086
-  "${pip[@]}" install $torch_spec
+  "${pip[@]}" install $torch_wanted
 fi
-echo "setup: installing livestyle[$extras]"
+echo "setup: installing livestyle[$extras]" >&2
 "${pip[@]}" install -e "$root[$extras]"
-echo "$want" > "$stamp"
+echo "$project|$extras|$torch_wanted" > "$stamp"

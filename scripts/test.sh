@@ -10,4 +10,5 @@ cd "$root"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check --quiet .
 "$venv/bin/mypy"
-exec "$venv/bin/python" -m pytest "$@"
+# The slowest tests are listed at the end: where CI time goes on a loaded machine.
+exec "$venv/bin/python" -m pytest --durations=20 "$@"

@@ -46,6 +46,7 @@ def create_app(config: ServerConfig, engine_spec: EngineSpec | None = None) -> w
     app[GATE] = AccessGate(AccessPolicy(config.auth_tokens), RateLimiter(config.offer_rate_per_min, config.offer_burst))
     app.cleanup_ctx.append(_engine_and_sessions)
     app.router.add_get("/", index)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_post("/offer", offer)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -119,6 +120,11 @@ def _static_files() -> Handler:
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def favicon(request: web.Request) -> web.FileResponse:
+    # Browsers ask for /favicon.ico when a page names no icon (and some clients always do).
+    return web.FileResponse(STATIC_DIR / "favicon.svg", headers={"Cache-Control": "max-age=86400"})
 
 
 async def offer(request: web.Request) -> web.Response:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,7 +46,38 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind and listen at once, before any slow start-up work (weights, compilation), so the
+    port answers /healthz with warming_up instead of refusing connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        if host == "::" and socket.has_dualstack_ipv6():
+            return socket.create_server((host, port), family=family, dualstack_ipv6=True)
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        hint = "another program uses it; choose another --port (LIVESTYLE_PORT)"
+        if exc.errno != errno.EADDRINUSE:
+            hint = "check --host (LIVESTYLE_HOST): it must be an address of this machine, or 0.0.0.0 for all"
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}") from None
+
+
+def listening_lines(host: str, port: int, scheme: str) -> list[str]:
+    """What the log says once the socket listens: the real address and the URLs to open."""
+    if host in ("0.0.0.0", "::", ""):
+        lines = [f"listening on all interfaces ({host or '0.0.0.0'}), port {port}"]
+        lines.append(f"open {scheme}://localhost:{port} on this machine")
+        others = [h for h in tls.default_hosts() if h not in ("localhost", "127.0.0.1", "::1")]
+        for address in others:
+            lines.append(f"open {scheme}://{address}:{port} from another device on the network")
+        if others and scheme == "http":
+            lines.append("(browsers only give the camera to https:// pages off localhost: --tls-self-signed)")
+        return lines
+    shown = f"[{host}]" if ":" in host else host
+    return [f"listening on {shown}:{port}", f"open {scheme}://{shown}:{port}"]
+
+
 def serve(config: ServerConfig) -> None:
+    from pipeline.engines import resolve_engine
     from server.app import create_app, server_options  # imports aiortc: only when serving
 
     ssl_context = None
@@ -57,14 +90,16 @@ def serve(config: ServerConfig) -> None:
         cert, key = tls.self_signed_certificate(config.tls_dir.expanduser(), hosts)
         log.info("HTTPS with the self-signed certificate %s (browsers will ask to accept it once)", cert)
         ssl_context = tls.ssl_context(cert, key)
-    app = create_app(config)
-    scheme = "https" if ssl_context else "http"
-    shown = "localhost" if config.host in ("0.0.0.0", "::") else config.host
-    log.info("livestyle listening on %s://%s:%d", scheme, shown, config.port)
+    # Quick checks only (model reference, CUDA, cache, one Hub look-up): the download and the
+    # weights load run in the engine's build, after the bind.
+    spec = resolve_engine(config.engine)
+    sock = _listen(config.host, config.port)
+    bound_port = sock.getsockname()[1]
+    for line in listening_lines(config.host, bound_port, "https" if ssl_context else "http"):
+        log.info("%s", line)
     web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
+        create_app(config, spec),
+        sock=sock,
         ssl_context=ssl_context,
         loop=_new_loop(),
         print=None,
@@ -78,26 +113,35 @@ def stylize(config: StylizeConfig) -> None:
     from tqdm import tqdm
 
     from pipeline.engines import resolve_engine
-    from pipeline.video_file import stylize_file
+    from pipeline.video_file import probe_video, stylize_file
 
+    try:
+        frames = probe_video(config.input)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     spec = resolve_engine(config.engine)
     log.info(
         "stylizing %s -> %s with the %s engine (%s)", config.input, config.output, spec.info.kind, spec.info.reason
     )
-    with tqdm(unit="frame", desc="stylize", dynamic_ncols=True) as bar:
+    with tqdm(total=frames, unit="frame", desc="stylize", dynamic_ncols=True) as bar:
 
         def total(n: int | None) -> None:
             bar.total = n
             bar.refresh()
 
-        result = stylize_file(
-            spec,
-            config.input,
-            config.output,
-            config.prompt,
-            on_progress=lambda n: bar.update(n - bar.n),
-            total_hint=total,
-        )
+        try:
+            result = stylize_file(
+                spec,
+                config.input,
+                config.output,
+                config.prompt,
+                on_progress=lambda n: bar.update(n - bar.n),
+                total_hint=total,
+            )
+        except KeyboardInterrupt:
+            bar.close()
+            log.warning("interrupted: %s was not written (the partial output was removed)", config.output)
+            raise
     log.info(
         "wrote %d frames to %s in %.1f s (%.1f fps)%s",
         result.frames,
@@ -141,9 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(config.log_level)
     try:
         run(config)
-    except (ConfigError, RuntimeError, ValueError, OSError) as exc:
+    except ConfigError as exc:  # an argument refused once what it names was looked at
+        log.error("%s", exc)
+        return 2
+    except (RuntimeError, ValueError, OSError) as exc:
         log.error("%s", exc)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

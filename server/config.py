@@ -7,6 +7,7 @@ environment variable LIVESTYLE_<NAME> (command line wins).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,7 @@ from pipeline.config import (
     EngineConfig,
 )
 from pipeline.runtime import SCHEDULES, RuntimeConfig
+from pipeline.video_file import OUTPUT_FORMATS
 from server.access import read_tokens_file
 from server.turn import TurnConfig
 from signaling.ice import IceServer
@@ -186,59 +188,124 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise ConfigError(f"{text!r} is not a comma-separated list of integers") from None
 
 
+def _defaults(cls: type) -> dict[str, object]:
+    """A config dataclass's field defaults, for help texts (never hand-copied)."""
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _shown(value: object) -> str:
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _help(text: str, dest: str, *, default: str | None = None) -> str:
+    """`text` plus the option's default (from the config dataclass) and environment variable."""
+    for table, cls in (
+        (_SERVER_FIELDS, ServerConfig),
+        (_ENGINE_FIELDS, EngineConfig),
+        (_DIFFUSION_FIELDS, DiffusionConfig),
+    ):
+        if dest in table:
+            var, _, field_name = table[dest]
+            shown = default if default is not None else _shown(_defaults(cls)[field_name])
+            return f"{text} (default: {shown}; env {var})"
+    raise KeyError(dest)
+
+
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """Engine options shared by `serve`, `stylize` and `bench`."""
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=ENGINE_KINDS, help="auto | diffusion | preview (LIVESTYLE_ENGINE)")
-    g.add_argument("--model", help="HF id, local dir, 'tiny' or random:DIR (LIVESTYLE_MODEL)")
-    g.add_argument("--max-batch", type=int, help=f"frames per engine step: {BATCH_BUCKETS} (LIVESTYLE_MAX_BATCH)")
-    g.add_argument("--device", help="torch device for the diffusion engine: auto, cuda, cuda:N, cpu")
-    g.add_argument("--steps", type=int, help="denoising steps per frame, 1..4 (LIVESTYLE_STEPS)")
-    g.add_argument("--text-mode", choices=TEXT_MODES, help="when the text encoder runs (LIVESTYLE_TEXT_MODE)")
-    g.add_argument("--text-refresh", type=int, help="steps between text-encoder refreshes in refresh mode")
-    g.add_argument("--text-image-size", type=int, help="frame side the text encoder sees (default 256)")
-    g.add_argument("--text-tokens", type=int, help="fixed text-encoder sequence length (default 256)")
-    g.add_argument("--seed", type=int, help="seed of each session's fixed noise")
-    g.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile mode for the UNet (LIVESTYLE_COMPILE)")
-    g.add_argument("--buckets", type=_int_list, help="batch sizes compiled at start, e.g. 1,4,8 (default: all)")
-    g.add_argument("--lllite", help="temporal LLLite adapter checkpoint (.safetensors) (LIVESTYLE_LLLITE)")
-    g.add_argument("--lllite-blocks", choices=("down_blocks", "all"), help="adapter sites (default down_blocks)")
-    g.add_argument("--lllite-refresh", type=int, help="steps between adapter conditioning refreshes (default 8)")
-    g.add_argument("--adapter-strength", type=float, help="initial adapter strength 0..1.5 (default 1.0)")
+    g.add_argument("--engine", choices=ENGINE_KINDS, help=_help("auto | diffusion | preview", "engine"))
+    g.add_argument(
+        "--model",
+        help=_help("Hugging Face id (revision 'diffusers'), a local model folder, 'tiny' or random:DIR", "model"),
+    )
+    g.add_argument("--max-batch", type=int, help=_help(f"frames per engine step, one of {BATCH_BUCKETS}", "max_batch"))
+    g.add_argument("--device", help=_help("torch device of the diffusion engine: auto, cuda, cuda:N, cpu", "device"))
+    g.add_argument("--steps", type=int, help=_help("denoising steps per frame, 1..4", "steps"))
+    g.add_argument("--text-mode", choices=TEXT_MODES, help=_help("when the text encoder runs", "text_mode"))
+    g.add_argument("--text-refresh", type=int, help=_help("steps between text-encoder refreshes", "text_refresh"))
+    g.add_argument("--text-image-size", type=int, help=_help("frame side the text encoder sees", "text_image_size"))
+    g.add_argument("--text-tokens", type=int, help=_help("fixed text-encoder sequence length", "text_tokens"))
+    g.add_argument("--seed", type=int, help=_help("seed of each session's fixed noise", "seed"))
+    g.add_argument("--compile", choices=COMPILE_MODES, help=_help("torch.compile mode of the UNet", "compile"))
+    g.add_argument(
+        "--buckets",
+        type=_int_list,
+        help=_help("batch sizes compiled at start, e.g. 1,4,8", "buckets", default="all up to --max-batch"),
+    )
+    g.add_argument("--lllite", help=_help("temporal LLLite adapter checkpoint (.safetensors)", "lllite"))
+    g.add_argument("--lllite-blocks", choices=("down_blocks", "all"), help=_help("adapter sites", "lllite_blocks"))
+    g.add_argument(
+        "--lllite-refresh", type=int, help=_help("steps between adapter conditioning refreshes", "lllite_refresh")
+    )
+    g.add_argument("--adapter-strength", type=float, help=_help("initial adapter strength, 0..1.5", "adapter_strength"))
 
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="livestyle serve", description="Run the WebRTC stylization server.")
-    p.add_argument("--host", help="address to listen on (LIVESTYLE_HOST, default 0.0.0.0)")
-    p.add_argument("--port", type=int, help="port (LIVESTYLE_PORT, default 8080)")
-    p.add_argument("--max-sessions", type=int, help="concurrent sessions (LIVESTYLE_MAX_SESSIONS, default 4)")
-    p.add_argument("--idle-timeout", type=float, help="seconds without video before a session closes")
-    p.add_argument("--tls-cert", type=Path, help="PEM certificate (LIVESTYLE_TLS_CERT)")
-    p.add_argument("--tls-key", type=Path, help="PEM key (LIVESTYLE_TLS_KEY)")
+    p.add_argument("--host", help=_help("address to listen on; 0.0.0.0 = all interfaces", "host"))
+    p.add_argument("--port", type=int, help=_help("HTTP(S) port; 0 = any free port", "port"))
+    p.add_argument("--max-sessions", type=int, help=_help("concurrent sessions; more get 503", "max_sessions"))
+    p.add_argument(
+        "--idle-timeout", type=float, help=_help("seconds without video before a session closes", "idle_timeout")
+    )
+    p.add_argument("--tls-cert", type=Path, help=_help("PEM certificate for HTTPS", "tls_cert"))
+    p.add_argument("--tls-key", type=Path, help=_help("PEM key for HTTPS", "tls_key"))
     p.add_argument(
         "--ice-server",
         action="append",
         dest="ice_servers",
         help="STUN/TURN server, repeatable: stun:host:port or turn:user:pass@host:port "
-        "(LIVESTYLE_ICE_SERVERS: comma-separated)",
+        "(default: none; env LIVESTYLE_ICE_SERVERS, comma-separated)",
     )
-    p.add_argument("--log-level", choices=LOG_LEVELS, help="LIVESTYLE_LOG_LEVEL, default info")
+    p.add_argument("--log-level", choices=LOG_LEVELS, help=_help("logging level", "log_level"))
     g = p.add_argument_group("remote use")
     g.add_argument(
         "--tls-self-signed",
         action="store_true",
         default=None,
-        help="HTTPS with a generated self-signed certificate (LIVESTYLE_TLS_SELF_SIGNED=1)",
+        help=_help("HTTPS with a generated self-signed certificate", "tls_self_signed"),
     )
-    g.add_argument("--tls-dir", type=Path, help="where the self-signed certificate is kept (LIVESTYLE_TLS_DIR)")
-    g.add_argument("--auth-token", help="bearer token required for /offer and /whip (LIVESTYLE_AUTH_TOKEN)")
-    g.add_argument("--tokens-file", type=Path, help="file with one allowed token per line (LIVESTYLE_TOKENS_FILE)")
-    g.add_argument("--offer-rate", type=float, help="offers per minute per client address (default 30)")
-    g.add_argument("--max-viewers", type=int, help="viewers per shared stream (default 10)")
-    g.add_argument("--watch-ttl", type=float, help="watch link lifetime in seconds (default 43200)")
-    g.add_argument("--turn-url", action="append", help="TURN URL for short-lived credentials, repeatable")
-    g.add_argument("--turn-secret", help="the TURN server's static-auth-secret (LIVESTYLE_TURN_SECRET)")
-    g.add_argument("--turn-ttl", type=int, help="seconds a TURN credential stays valid (default 3600)")
+    g.add_argument("--tls-dir", type=Path, help=_help("where the self-signed certificate is kept", "tls_dir"))
+    g.add_argument(
+        "--auth-token",
+        help="bearer token required for /offer and /whip (default: none = open server; env LIVESTYLE_AUTH_TOKEN)",
+    )
+    g.add_argument(
+        "--tokens-file",
+        type=Path,
+        help="file with one allowed token per line (default: none; env LIVESTYLE_TOKENS_FILE)",
+    )
+    g.add_argument(
+        "--offer-rate", type=float, help=_help("offers per minute per client address, 0 = unlimited", "offer_rate")
+    )
+    g.add_argument("--max-viewers", type=int, help=_help("viewers per shared stream", "max_viewers"))
+    g.add_argument("--watch-ttl", type=float, help=_help("watch link lifetime in seconds", "watch_ttl"))
+    g.add_argument(
+        "--turn-url",
+        action="append",
+        help="TURN URL for short-lived credentials, repeatable (default: none; env LIVESTYLE_TURN_URLS)",
+    )
+    g.add_argument(
+        "--turn-secret", help="the TURN server's static-auth-secret (default: none; env LIVESTYLE_TURN_SECRET)"
+    )
+    g.add_argument(
+        "--turn-ttl",
+        type=int,
+        help=f"seconds a TURN credential stays valid (default: {_defaults(TurnConfig)['ttl_s']})",
+    )
     g = p.add_argument_group("HTTP limits")
     g.add_argument(
         "--header-timeout",
@@ -424,7 +491,7 @@ class StylizeConfig:
     input: Path
     """Video file to read."""
     output: Path
-    """Video file to write (stylized frames, the input's audio copied when present)."""
+    """Video file to write (stylized frames, the input's audio copied when present); .mp4, .mkv or .mov."""
     prompt: str
     """Style prompt for the whole file."""
     engine: EngineConfig
@@ -434,20 +501,39 @@ class StylizeConfig:
 
     def __post_init__(self) -> None:
         if not self.input.is_file():
-            raise ConfigError(f"input video {self.input} does not exist")
+            what = "is a folder, not a video file" if self.input.is_dir() else "does not exist"
+            raise ConfigError(f"input video {self.input} {what}; give the path of a video file (INPUT)")
+        suffixes = ", ".join(OUTPUT_FORMATS)
+        if self.output.is_dir():
+            raise ConfigError(f"output {self.output} is a folder; give a file name ending in one of {suffixes}")
+        if self.output.suffix.lower() not in OUTPUT_FORMATS:
+            given = f"the extension {self.output.suffix!r}" if self.output.suffix else "no extension"
+            raise ConfigError(f"output {self.output} has {given}; name it with one of {suffixes} (OUTPUT)")
+        folder = self.output.parent
+        if not folder.is_dir():
+            raise ConfigError(
+                f"the output folder {folder} does not exist; create it first (mkdir -p {folder}) "
+                "or choose another OUTPUT"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"the output folder {folder} is not writable by this user; choose another OUTPUT")
         if self.output.resolve() == self.input.resolve():
             raise ConfigError("output must be a different file than the input")
+        if not self.prompt:
+            raise ConfigError("--prompt is empty; give a style, e.g. --prompt 'oil painting, vibrant colors'")
         if len(self.prompt) > self.engine.max_prompt_chars:
-            raise ConfigError(f"prompt has {len(self.prompt)} characters; at most {self.engine.max_prompt_chars}")
+            raise ConfigError(
+                f"--prompt has {len(self.prompt)} characters; at most {self.engine.max_prompt_chars} are allowed"
+            )
 
 
 def load_stylize_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> StylizeConfig:
     env = os.environ if environ is None else environ
     p = argparse.ArgumentParser(prog="livestyle stylize", description="Stylize a video file with the engine.")
-    p.add_argument("input", type=Path, help="input video (any format PyAV/FFmpeg reads)")
-    p.add_argument("output", type=Path, help="output video (.mp4)")
+    p.add_argument("input", type=Path, help="input video (any format FFmpeg reads)")
+    p.add_argument("output", type=Path, help=f"output video ({', '.join(OUTPUT_FORMATS)}); written when complete")
     p.add_argument("--prompt", required=True, help="style prompt, e.g. 'oil painting, vibrant colors'")
-    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="logging level (default: info)")
     add_engine_arguments(p)
     args = p.parse_args(list(argv))
     return StylizeConfig(args.input, args.output, args.prompt.strip(), engine_config(args, env), args.log_level)
@@ -455,6 +541,7 @@ def load_stylize_config(argv: Sequence[str], environ: Mapping[str, str] | None =
 
 def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Any:
     from bench.harness import ENGINE_SCENARIOS, SCENARIOS, BenchConfig
+    from pipeline.engines import INSTALL_STEP, diffusion_stack_missing
 
     env = os.environ if environ is None else environ
     repo = Path(__file__).resolve().parent.parent
@@ -500,6 +587,10 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
     p.add_argument("--serve-timeout", type=float, default=b.serve_timeout_s, help="seconds a server may take to start")
     p.add_argument("--log-level", choices=LOG_LEVELS, default=b.log_level)
     args = p.parse_args(list(argv))
+    if (missing := diffusion_stack_missing()) is not None:
+        raise ConfigError(
+            f"livestyle bench runs the diffusion engine, and {missing} is not installed. Remedy: {INSTALL_STEP}."
+        )
     codecs = tuple(c.strip().upper() for c in args.webrtc_codecs.split(",") if c.strip())
     if not codecs or any(c not in ("VP8", "H264") for c in codecs):
         raise ConfigError(f"--webrtc-codecs {args.webrtc_codecs!r} is not allowed; use VP8 and/or H264")
@@ -512,7 +603,10 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
     if not blocks or any(x not in ("down_blocks", "all") for x in blocks):
         raise ConfigError(f"--adapter-blocks {args.adapter_blocks!r} is not allowed; use down_blocks and/or all")
     if not args.davis_dir.is_dir():
-        raise ConfigError(f"DAVIS folder {args.davis_dir} does not exist; pass --davis-dir")
+        raise ConfigError(
+            f"DAVIS folder {args.davis_dir} does not exist; pass --davis-dir (the clips live in ../shared/data/davis, "
+            "see the README's 'The shared folder')"
+        )
     counts = (*args.batches, *args.sessions, *args.webrtc_clients)
     if not all((args.batches, args.sessions, args.webrtc_clients)) or any(not 1 <= n <= 16 for n in counts):
         raise ConfigError(f"--batches, --sessions and --webrtc-clients take counts of 1..16, got {list(counts)}")
