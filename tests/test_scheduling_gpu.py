@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import _live, load_frames
+from bench.clip_runs import load_frames
+from bench.engine_scenarios import _live
 from pipeline.client import EngineClient, EngineSpec
 from pipeline.config import DiffusionConfig, EngineConfig
 from pipeline.core import EngineCore
@@ -67,7 +68,8 @@ def test_auto_schedule_against_pipelined_on_the_diffusion_engine():
     for i, n in enumerate(LOADS):
         for policy, results in rows.items():
             r = results[i]
-            cells = [f"{'-' if r[k] is None else round(r[k], 1):>{w}}" for k, w in zip(KEYS, (7, 7, 8, 7), strict=True)]
+            flat = {**r, **r["latency"]}
+            cells = [f"{round(flat.get(k) or 0, 1):>{w}}" for k, w in zip(KEYS, (7, 7, 8, 7), strict=True)]
             print(f"{n:>8} | {policy:>9} | " + " | ".join(cells))
     print(json.dumps(rows))
     for i in range(len(LOADS)):
