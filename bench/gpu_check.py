@@ -287,7 +287,12 @@ def child(kind: str, reference: Path, cache: Path, out: Path, buckets: tuple[int
     b.warmup(lambda m: (progress.append(f"{time.monotonic() - t0:.1f}s {m}"), print(f"  [{kind}] {m}", flush=True)))
     data.update(warmup_s=round(time.monotonic() - t0, 1), progress=progress, cache_loaded=b.compile_cache.loaded)
     data["start_to_ready_s"] = round(time.monotonic() - t_start, 1)
-    with torch.inference_mode():
+    with torch.inference_mode():  # the graph was compiled for the production layout (strides are guarded)
+        if not b.reference_encoder(frames).is_contiguous():
+            latents = latents.contiguous(memory_format=torch.channels_last)
+    if b.cuda:
+        torch.cuda.synchronize()
+    with torch.inference_mode(), b.streams.on_main():  # the stream the graph was recorded for
         with b.denoise.eager_only():
             eager = b.denoise(noise, latents, cond, mask).cpu().numpy()
         got = b.denoise(noise, latents, cond, mask).cpu().numpy()

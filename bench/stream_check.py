@@ -38,11 +38,13 @@ from pipeline.diffusion.loading import load_components
 from pipeline.diffusion.warmup import capture_side_graphs
 from pipeline.messages import EngineInfo, FrameIn
 
-REL_TOLERANCE = 0.05
-"""A refresh matches its own recompute within this (relative max error; bf16 graph at
-batch B vs eager at batch 1)..."""
-MARGIN = 4.0
-"""...and is at least this many times closer to it than to any other session's."""
+MARGIN = 2.0
+"""A refresh must be this many times closer to the recompute of its own session's colour
+than to the recompute of any other colour with the same prompt (that isolates what the
+pixels did: bf16 graphs at batch B differ from an eager batch-1 run a little, a frame
+read from another step differs by a whole colour)."""
+REL_TOLERANCE = 0.25
+"""...and within this of it (relative max error): catches garbage from freed memory."""
 
 
 def stress_config(**overrides: Any) -> DiffusionConfig:
@@ -121,23 +123,25 @@ def run_stream_check(backend: DiffusionBackend, sessions: int, steps: int, legac
 
 @torch.inference_mode()
 def verify(backend: DiffusionBackend, records: list, images: list[np.ndarray], prompts: dict[str, int]) -> dict:
+    """refs[k][j]: session k's prompt on colour j (eager, batch of all colours, idle GPU)."""
     text = backend.text
-    refs = []
-    for prompt, k in prompts.items():
+    frames = torch.from_numpy(np.stack(images)).to(backend.device).permute(0, 3, 1, 2).float()
+    refs: list[tuple[int, torch.Tensor]] = []
+    for prompt in prompts:
         tokens = text.tokens(prompt)
-        frame = torch.from_numpy(images[k]).to(backend.device).permute(2, 0, 1)[None].float()
-        ids, _ = text.host_inputs([tokens])
-        refs.append((tokens.length - 64, text.forward(frame, ids)[0].float()))
+        ids, _ = text.host_inputs([tokens] * len(images))
+        refs.append((tokens.length - 64, text.forward(frames, ids).float()))
     rows = mismatched = 0
     worst_err, min_margin = 0.0, float("inf")
     for names, results in records:
         for prompt, result in zip(names, results, strict=True):
             k = prompts[prompt]
-            valid, own = refs[k]
+            valid, per_colour = refs[k]
             got = result.cond[:valid].float()
-            scale = float(own[:valid].abs().max()) or 1.0
-            err = float((got - own[:valid]).abs().max()) / scale
-            others = [float((got - r[:valid]).abs().max()) / scale for j, (_, r) in enumerate(refs) if j != k]
+            scale = float(per_colour[k, :valid].abs().max()) or 1.0
+            errs = [float((got - per_colour[j, :valid]).abs().max()) / scale for j in range(len(images))]
+            err = errs[k]
+            others = [e for j, e in enumerate(errs) if j != k]
             margin = min(others) / max(err, 1e-12) if others else float("inf")
             rows += 1
             worst_err, min_margin = max(worst_err, err), min(min_margin, margin)

@@ -34,14 +34,14 @@ from pipeline.config import BATCH_BUCKETS, DiffusionConfig
 from pipeline.core import AdapterUnavailable, PromptRejected
 from pipeline.diffusion.adapter_stage import AdapterStage
 from pipeline.diffusion.clock import Marks, StageClock
-from pipeline.diffusion.compile_cache import CompileCache, package_version
+from pipeline.diffusion.compile_cache import CompileCache, engine_cache_parts
 from pipeline.diffusion.conditioning import TextStage
 from pipeline.diffusion.denoise_stage import DenoiseStage
-from pipeline.diffusion.device import describe_device
+from pipeline.diffusion.device import describe_device, peak_memory_mb
 from pipeline.diffusion.loading import Components
 from pipeline.diffusion.schedule import FlowSchedule
 from pipeline.diffusion.stages import ReferenceEncoder
-from pipeline.diffusion.streams import KeepAlive, StreamSet, to_device
+from pipeline.diffusion.streams import KeepAlive, StreamSet
 from pipeline.diffusion.text import TextConditioner
 from pipeline.diffusion.text_plan import DiffusionSession, TextPlanner
 from pipeline.diffusion.upload import RING, FrameUploader
@@ -83,7 +83,9 @@ class DiffusionBackend:
             sorted(config.buckets) if config.buckets else (b for b in BATCH_BUCKETS if b <= info.max_batch)
         )
         c = components
-        self.compile_cache = CompileCache(config.compile_cache_dir, self._cache_parts(c))
+        parts = engine_cache_parts(config, device, c, self._buckets, self.size)
+        compiles = self.cuda and config.compile != "none"  # nothing is compiled on CPU
+        self.compile_cache = CompileCache(config.compile_cache_dir if compiles else None, parts)
         self.compile_cache.prepare()  # before the first torch.compile call below
         self._unet, self.dtype = c.unet, c.unet.dtype
         self.latent = self.size // (2 ** (len(c.vae.config.encoder_block_out_channels) - 1))
@@ -121,23 +123,6 @@ class DiffusionBackend:
         if self.cuda:
             torch.cuda.synchronize(device)  # constants made on the default stream (text prefix K/V)
 
-    def _cache_parts(self, c: Components) -> dict[str, Any]:
-        facts = describe_device(self.device)
-        facts.pop("gpu_memory_gb", None)
-        graph_fields = ("steps", "text_tokens", "text_image_size", "compile", "lllite", "lllite_blocks")
-        graph_fields += ("channels_last", "fuse_qkv", "inductor", "text_compile", "text_prefix_cache")
-        graph_fields += ("text_length_step", "stream_priorities")
-        return {
-            **facts,
-            "triton": package_version("triton"),
-            "buckets": self._buckets,
-            "size": self.size,
-            "dtype": str(c.unet.dtype),
-            "unet": dict(c.unet.config),
-            "vae": dict(c.vae.config),
-            **{k: getattr(self.config, k) for k in graph_fields},
-        }
-
     # ---- sessions ---------------------------------------------------------------------------
 
     def check_prompt(self, prompt: str) -> None:
@@ -149,12 +134,7 @@ class DiffusionBackend:
         self.planner.tokens(prompt)
 
     def open_session(self, session_id: str, prompt: str) -> None:
-        # Drawn on the CPU like diffusers' randn_tensor with a CPU generator, so a session
-        # with seed s sees the noise of pipeline(..., generator=Generator().manual_seed(s)).
-        gen = torch.Generator().manual_seed(self.config.seed)
-        noise = torch.randn((1, 4, self.latent, self.latent), generator=gen, dtype=self.dtype)
-        with self.streams.on_side():  # the stream that reads it (no cross-stream lifetime)
-            noise = to_device(noise, self.device)
+        noise = self.uploader.noise(self.config.seed, self.latent, self.dtype)
         self._sessions[session_id] = DiffusionSession(prompt, self.planner.tokens(prompt), noise)
         if self.adapter is not None:
             self.adapter.open(session_id)
@@ -296,12 +276,7 @@ class DiffusionBackend:
         return {"max_abs_diff": float(diff.max()), "mean_abs_diff": round(float(diff.mean()), 4)}
 
     def peak_memory_mb(self, reset: bool = False) -> float | None:
-        if not self.cuda:
-            return None
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**20
-        if reset:
-            torch.cuda.reset_peak_memory_stats(self.device)
-        return round(peak, 1)
+        return peak_memory_mb(self.device, reset)
 
     def buckets(self) -> list[int]:
         return list(self._buckets)

@@ -41,6 +41,29 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def engine_cache_parts(
+    config: Any, device: torch.device, components: Any, buckets: tuple[int, ...], size: int
+) -> dict[str, Any]:
+    """Everything a compiled graph of this engine depends on besides its code: the card,
+    driver and library versions, the bucket set and every setting that changes a graph."""
+    from pipeline.diffusion.device import describe_device
+
+    facts = describe_device(device)
+    facts.pop("gpu_memory_gb", None)
+    fields = ("steps", "text_tokens", "text_image_size", "compile", "lllite", "lllite_blocks", "channels_last")
+    fields += ("fuse_qkv", "inductor", "text_compile", "text_prefix_cache", "text_length_step", "stream_priorities")
+    return {
+        **facts,
+        "triton": package_version("triton"),
+        "buckets": buckets,
+        "size": size,
+        "dtype": str(components.unet.dtype),
+        "unet": dict(components.unet.config),
+        "vae": dict(components.vae.config),
+        **{k: getattr(config, k) for k in fields},
+    }
+
+
 def cache_key(parts: dict[str, Any]) -> str:
     text = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -41,3 +41,12 @@ def describe_device(device: torch.device) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             info["driver"] = None
     return info
+
+
+def peak_memory_mb(device: torch.device, reset: bool = False) -> float | None:
+    if device.type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**20
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+    return round(peak, 1)

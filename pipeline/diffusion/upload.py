@@ -51,3 +51,13 @@ class FrameUploader:
         self._free[slot] = self.streams.record(blocking=True)
         squares += [squares[-1]] * (bucket - len(squares))
         return torch.stack(squares)
+
+    def noise(self, seed: int, latent: int, dtype: torch.dtype) -> torch.Tensor:
+        """A session's fixed (1, 4, latent, latent) noise, on the side stream (the stream
+        that reads it: no cross-stream lifetime). Drawn on the CPU like diffusers'
+        randn_tensor with a CPU generator, so a session with seed s sees the noise of
+        pipeline(..., generator=Generator().manual_seed(s))."""
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn((1, 4, latent, latent), generator=gen, dtype=dtype)
+        with self.streams.on_side():
+            return to_device(noise, self.device)
