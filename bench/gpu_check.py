@@ -347,6 +347,17 @@ def run_child(kind: str, args: argparse.Namespace, cache: Path, out: Path) -> su
     return subprocess.Popen(cmd, cwd=REPO, env=env)
 
 
+def wait(proc: subprocess.Popen[bytes], seconds: float) -> int | None:
+    """The child's exit code, or None after killing it at its time limit (the lead's
+    device command has 10 minutes in all)."""
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
 def report_children(first: dict[str, Any], second: dict[str, Any] | None, buckets: str) -> None:
     for name in ("rewrites_eager", "compiled"):
         d = first[name]
@@ -415,15 +426,15 @@ def main(argv: list[str] | None = None) -> int:
         check("oom_recover", lambda: check_recover(holder["b"]))
         holder["b"].close()
     report("INFO", "fp8", "skipped: torchao is not installed on the GPU image (and not in its package list)")
-    first_rc = first.wait(timeout=600)
+    first_rc = wait(first, 420)
     second_data = None
     if first_rc == 0:
         second = run_child("second", args, work / "cache", second_out)
-        if second.wait(timeout=600) == 0:
+        if wait(second, 240) == 0:
             second_data = json.loads(second_out.read_text())
         check("children", lambda: report_children(json.loads(first_out.read_text()), second_data, args.buckets))
     else:
-        report("FAIL", "children", f"first compile child exited {first_rc}")
+        report("FAIL", "children", f"first compile child exited {first_rc} (None: killed after its time limit)")
     results["total_s"] = round(time.monotonic() - t0, 1)
     results["gpu"] = None if args.smoke else torch.cuda.get_device_name()
     results["torch"] = torch.__version__
