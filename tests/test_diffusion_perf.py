@@ -312,3 +312,34 @@ def test_speed_switches_have_flags_env_vars_and_checked_values():
         DiffusionConfig(channels_last="some")
     with pytest.raises(ConfigError, match="text_compile needs text_prefix_cache"):
         DiffusionConfig(text_compile=True, text_prefix_cache=False)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_text_inputs_event_is_recorded_after_the_gather_and_the_rows_kept_alive(monkeypatch, clip, legacy):
+    """The order of issue #15 part 5 on the host side (the GPU stress check proves its
+    effect): gather, then record the event the text stream waits on, then launch; the
+    gathered rows are held until the text stream's event. legacy_order is the old order."""
+    import pipeline.diffusion.text_plan as text_plan
+
+    b = backend(max_batch=4, text_mode="refresh", text_refresh=1)
+    for sid in ("a", "b", "c"):
+        b.open_session(sid, PROMPT)
+    run = lambda: b.collect(b.submit([frame(s, clip[i]) for i, s in enumerate(("c", "a", "b"))]))  # noqa: E731
+    run()  # first frames: blocking encodes
+    log: list[str] = []
+    held: list[tuple] = []
+    gather, record, encode = text_plan.gather_rows, b.streams.record, b.text_stage.encode
+    monkeypatch.setattr(text_plan, "gather_rows", lambda x, rows: (log.append("gather"), gather(x, rows))[1])
+    monkeypatch.setattr(b.streams, "record", lambda *a, **k: (log.append("record"), record(*a, **k))[1])
+    monkeypatch.setattr(b.text_stage, "encode", lambda *a: (log.append("encode"), encode(*a))[1])
+    monkeypatch.setattr(b.keep, "hold", lambda event, *objs: held.append((event, objs)))
+    b.planner.legacy_order = legacy
+    b.submit([frame(s, clip[i]) for i, s in enumerate(("b", "c", "a"))])  # background refresh of all three
+    first_encode = log.index("encode")
+    before = log[:first_encode]
+    if legacy:
+        assert before[-1] == "record" and "gather" not in before
+    else:
+        assert before[-2:] == ["gather", "record"], log
+        gathered = [objs for event, objs in held if objs and isinstance(objs[0], torch.Tensor)]
+        assert gathered and gathered[0][0].shape[0] == 3  # the three rows the text stream reads
