@@ -343,3 +343,39 @@ def test_text_inputs_event_is_recorded_after_the_gather_and_the_rows_kept_alive(
         assert before[-2:] == ["gather", "record"], log
         gathered = [objs for event, objs in held if objs and isinstance(objs[0], torch.Tensor)]
         assert gathered and gathered[0][0].shape[0] == 3  # the three rows the text stream reads
+
+
+@pytest.fixture(scope="module")
+def prefixed_text() -> TextConditioner:
+    c = components()
+    return TextConditioner(
+        c.text_encoder, c.tokenizer, image_size=256, text_tokens=256, device=torch.device("cpu"), prefix_cache=True
+    )
+
+
+@pytest.mark.unit
+def test_any_prompt_keeps_the_prefix_or_is_refused_by_length(prefixed_text):
+    """Fuzz: whatever a client types, tokenizing it either keeps the cached 64-token
+    prefix intact and fits a length bucket, or is refused as too long; nothing else."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from pipeline.core import PromptRejected
+
+    text = prefixed_text
+    prefix = text._prefix_ids
+    specials = st.sampled_from(["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "\n", "system"])
+    prompts = st.lists(st.one_of(st.text(max_size=40), specials), max_size=12).map("".join)
+
+    @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(prompt=prompts, with_image=st.booleans())
+    def check(prompt: str, with_image: bool) -> None:
+        try:
+            tokens = text.tokens(prompt, with_image=with_image)
+        except PromptRejected as exc:
+            assert exc.code == "prompt_too_long"
+            return
+        assert torch.equal(tokens.ids[:SYSTEM_PREFIX_TOKENS], prefix)
+        assert text.length_for([tokens]) >= tokens.length
+
+    check()
