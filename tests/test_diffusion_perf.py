@@ -379,3 +379,31 @@ def test_any_prompt_keeps_the_prefix_or_is_refused_by_length(prefixed_text):
         assert text.length_for([tokens]) >= tokens.length
 
     check()
+
+
+def test_a_graph_that_fails_to_compile_is_rebuilt_with_fewer_optimisations(monkeypatch):
+    """Warm-up never fails the start for an optimisation: a compile error drops the
+    inductor switches (then compiling), and the buckets warmed before warm up again."""
+    b = backend(max_batch=2)
+    stage = b.denoise
+    stage.mode, stage.switches = "default", ("conv1x1_mm",)  # as on a GPU
+    builds: list[tuple[str, tuple[str, ...]]] = []
+
+    def compile_fake() -> None:  # record what would be compiled; run eagerly on CPU
+        builds.append((stage.mode, stage.switches))
+        fails = len(builds) == 1
+
+        def fn(*args):
+            if fails and args[0].shape[0] == 2:
+                raise RuntimeError("inductor: lowering failed")
+            return stage.eager(*args)
+
+        stage._fn = fn
+
+    monkeypatch.setattr(stage, "_compile", compile_fake)
+    compile_fake()
+    messages: list[str] = []
+    b.warmup(messages.append)
+    assert builds == [("default", ("conv1x1_mm",)), ("default", ())]
+    ready = [m.split()[2] for m in messages if "ready in" in m]
+    assert ready == ["1", "1", "2"], messages  # bucket 1 again with the rebuilt graph

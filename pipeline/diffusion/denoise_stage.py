@@ -58,10 +58,29 @@ class DenoiseStage:
             self._undo.append(install_fused_projections(unet))
         self.eager = DenoiseDecode(unet, vae, schedule, size)
         self.mode = pick_compile_mode(config.compile, cuda)
+        self.switches = config.inductor
         self._fn: Callable[..., torch.Tensor] = self.eager
+        self._compile()
+
+    def _compile(self) -> None:
+        self._fn = self.eager
         if self.mode != "none":
-            self._fn = torch.compile(self.eager, dynamic=False, options=compile_options(self.mode, config.inductor))
+            self._fn = torch.compile(self.eager, dynamic=False, options=compile_options(self.mode, self.switches))
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
+
+    def degrade(self, exc: BaseException) -> bool:
+        """After the compiled graph failed to build (warm-up): drop the inductor switches,
+        then compiling altogether. False once nothing is left to drop."""
+        if self.mode == "none":
+            return False
+        if self.switches:
+            log.warning("UNet compile with inductor switches %s failed (%s); retrying without", self.switches, exc)
+            self.switches = ()
+        else:
+            log.warning("UNet compile (%s) failed (%s); running the UNet eagerly", self.mode, exc)
+            self.mode = "none"
+        self._compile()  # a new backend: dynamo's backend guard recompiles, other graphs stay intact
+        return True
 
     def __call__(self, noise: torch.Tensor, reference: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor):
         if self.mode == "reduce-overhead":

@@ -30,32 +30,52 @@ class WarmupOutOfMemory(RuntimeError):
 def warm_up(backend: DiffusionBackend, progress: Callable[[str], None]) -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (backend.size, backend.size, 3), dtype=np.uint8)
-    mode = backend.denoise.mode
     cache = backend.compile_cache
     where = "no disk cache" if cache.directory is None else ("cached" if cache.loaded else "first start, caching")
     backend.open_session(WARMUP_SESSION, "warm-up")
     t_start = time.monotonic()
     try:
         buckets = backend.buckets()
-        for n, b in enumerate(buckets, 1):
-            progress(f"batch bucket {b} ({n}/{len(buckets)}): compiling (compile={mode}, {where})")
+        n = 0
+        while n < len(buckets):
+            b = buckets[n]
+            n += 1
+            progress(f"batch bucket {b} ({n}/{len(buckets)}): compiling (compile={backend.denoise.mode}, {where})")
             t0 = time.monotonic()
             frames = [FrameIn(WARMUP_SESSION, image, 0, Fraction(1, 90000), 0.0)] * b
             capture_side_graphs(backend, b, first=n == 1)
-            try:
-                for _ in range(3 if mode == "reduce-overhead" else 1):
-                    backend.collect(backend.submit(frames))  # compile, then cudagraph trees record
-            except torch.cuda.OutOfMemoryError as exc:
-                raise WarmupOutOfMemory(
-                    f"out of GPU memory while warming up batch bucket {b}: lower --max-batch "
-                    f"(now {backend.max_batch}) or --text-tokens, or free the GPU"
-                ) from exc
+            if warm_bucket(backend, frames) and n > 1:
+                n = 0  # a rebuilt graph: the buckets before warm up again with it
+                continue
             progress(f"batch bucket {b} ({n}/{len(buckets)}) ready in {time.monotonic() - t0:.1f} s")
     finally:
         backend.close_session(WARMUP_SESSION)
-    if mode != "none":
+    if backend.denoise.mode != "none":
         cache.save()
     progress(f"ready: {len(buckets)} buckets in {time.monotonic() - t_start:.1f} s")
+
+
+def warm_bucket(backend: DiffusionBackend, frames: list[FrameIn]) -> bool:
+    """Compile, then let cudagraph trees record; a graph that fails to build is rebuilt
+    with fewer optimisations (denoise.degrade) instead of failing the start. True if it
+    was rebuilt."""
+    degraded = False
+    while True:
+        try:
+            for _ in range(3 if backend.denoise.mode == "reduce-overhead" else 1):
+                backend.collect(backend.submit(frames))
+            return degraded
+        except torch.cuda.OutOfMemoryError as exc:
+            raise WarmupOutOfMemory(
+                f"out of GPU memory while warming up batch bucket {len(frames)}: lower --max-batch "
+                f"(now {backend.max_batch}) or --text-tokens, or free the GPU"
+            ) from exc
+        except Exception as exc:
+            if not backend.denoise.degrade(exc):
+                raise
+            degraded = True
+            if backend.cuda:
+                torch.cuda.synchronize(backend.device)
 
 
 def capture_side_graphs(backend: DiffusionBackend, bucket: int, first: bool) -> None:
