@@ -261,6 +261,7 @@ def test_compile_cache_round_trip_in_fresh_processes(tmp_path):
         f"""
         import json, os, sys, torch
         sys.path.insert(0, {str(REPO)!r})
+        import torch._inductor.config  # as in a server: imported (and its /tmp default set) first
         from pipeline.diffusion.compile_cache import CompileCache
         cache = CompileCache({str(tmp_path)!r}, {{"case": "round-trip"}})
         cache.prepare()

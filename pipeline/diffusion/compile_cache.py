@@ -88,12 +88,21 @@ class CompileCache:
             return
         try:
             (self.directory / "mega").mkdir(parents=True, exist_ok=True)
-            # Inductor reads these when it first needs a path (and hands them to its
-            # compile workers); an explicit environment setting wins.
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.directory / "inductor"))
-            os.environ.setdefault("TRITON_CACHE_DIR", str(self.directory / "triton"))
-            torch._inductor.config.fx_graph_cache = True
-            torch._functorch.config.enable_autograd_cache = True
+            # Inductor reads these on every lookup (and hands them to its compile workers
+            # per task). Importing its config already pinned TORCHINDUCTOR_CACHE_DIR to its
+            # /tmp default, so that value counts as unset; any other explicit setting wins.
+            from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+            defaults = {"TORCHINDUCTOR_CACHE_DIR": os.path.abspath(default_cache_dir()), "TRITON_CACHE_DIR": None}
+            for var, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+                if os.environ.get(var) in (None, "", defaults[var]):
+                    os.environ[var] = str(self.directory / sub)
+            for config, name in (
+                (torch._inductor.config, "fx_graph_cache"),
+                (torch._functorch.config, "enable_autograd_cache"),
+            ):
+                if hasattr(config, name):  # both on by default in recent torch; named in case of an override
+                    setattr(config, name, True)
         except Exception as exc:  # noqa: BLE001 - a cache is an optimisation
             log.warning("compile cache %s is not usable (%s); compiling without it", self.directory, exc)
             self.directory = None
