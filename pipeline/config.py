@@ -17,6 +17,8 @@ BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 TextMode = Literal["every", "refresh", "once", "prompt"]
 TEXT_MODES: tuple[str, ...] = ("every", "refresh", "once", "prompt")
 COMPILE_MODES: tuple[str, ...] = ("auto", "reduce-overhead", "default", "none")
+CHANNELS_LAST_CHOICES: tuple[str, ...] = ("off", "vae", "all")
+INDUCTOR_CHOICES: tuple[str, ...] = ("conv1x1_mm", "coordinate_descent", "no_epilogue_fusion")
 
 
 class ConfigError(ValueError):
@@ -64,6 +66,29 @@ class DiffusionConfig:
     """Bhattacharyya distance of consecutive frames' colour histograms that counts as a cut."""
     revision: str | None = "diffusers"
     """Hugging Face revision of the model repository (None for a local directory's files)."""
+    # ---- speed switches (diffusion-perf); each checked by `python -m bench.gpu_check` ----
+    text_length_step: int = 32
+    """Text-encoder sequence lengths come in steps of this many tokens after the 64-token
+    system prefix (a batch runs at the smallest that holds its longest prompt; one CUDA
+    graph per length and batch bucket); 0 = always text_tokens (the fixed layout)."""
+    text_prefix_cache: bool = True
+    """Compute the system prefix's keys/values once and run the language model on the
+    tokens after it only (exact: causal attention, plain position ids there)."""
+    text_compile: bool = False
+    """torch.compile the text encoder's decoder layer (one graph for all 28 layers and every
+    shape; needs text_prefix_cache)."""
+    channels_last: str = "vae"
+    """Channels-last weights: 'off', 'vae' (TAESD encoder/decoder) or 'all' (also the UNet)."""
+    fuse_qkv: bool = False
+    """Fused attention projections in the UNet (q/k/v of self-attention, k/v of cross-attention)."""
+    inductor: tuple[str, ...] = ("conv1x1_mm",)
+    """Inductor switches for the UNet graph: conv1x1_mm, coordinate_descent (longer first
+    compile), no_epilogue_fusion."""
+    stream_priorities: bool = True
+    """Run the UNet stream at a higher CUDA priority than the side and text streams."""
+    compile_cache_dir: str | None = "~/.cache/livestyle/compile"
+    """Where compiled artifacts persist between starts (inductor, Triton, torch.compile's
+    mega-cache); None = inductor's default temporary directory only."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 4:
@@ -90,6 +115,23 @@ class DiffusionConfig:
             raise ConfigError(f"scene_cut_threshold {self.scene_cut_threshold} is not allowed; use (0, 1)")
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"compile {self.compile!r} is not known; use one of {', '.join(COMPILE_MODES)}")
+        if not 0 <= self.text_length_step <= 512:
+            raise ConfigError(
+                f"text_length_step {self.text_length_step} is not allowed; use 0..512 (--text-length-step)"
+            )
+        if self.text_compile and not self.text_prefix_cache:
+            raise ConfigError("text_compile needs text_prefix_cache (--text-compile with --text-prefix-cache 1)")
+        if self.channels_last not in CHANNELS_LAST_CHOICES:
+            raise ConfigError(
+                f"channels_last {self.channels_last!r} is not known; use one of "
+                f"{', '.join(CHANNELS_LAST_CHOICES)} (--channels-last)"
+            )
+        unknown = [s for s in self.inductor if s not in INDUCTOR_CHOICES]
+        if unknown:
+            raise ConfigError(
+                f"inductor switch(es) {', '.join(unknown)} not known; use any of {', '.join(INDUCTOR_CHOICES)} "
+                "(--inductor, comma-separated; 'none' for none)"
+            )
 
 
 @dataclass(frozen=True)

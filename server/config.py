@@ -18,8 +18,10 @@ from urllib.parse import urlparse
 
 from pipeline.config import (
     BATCH_BUCKETS,
+    CHANNELS_LAST_CHOICES,
     COMPILE_MODES,
     ENGINE_KINDS,
+    INDUCTOR_CHOICES,
     TEXT_MODES,
     ConfigError,
     DiffusionConfig,
@@ -223,6 +225,17 @@ def _help(text: str, dest: str, *, default: str | None = None) -> str:
     raise KeyError(dest)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """Comma-separated names; 'none' (or nothing) for none."""
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    return () if names in ((), ("none",)) else names
+
+
+def _optional_path(text: str) -> str:
+    """A directory, or '' for none/off (so the value still counts as given)."""
+    return "" if text.strip().lower() in ("", "none", "off") else text.strip()
+
+
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """Engine options shared by `serve`, `stylize` and `bench`."""
     g = p.add_argument_group("engine")
@@ -251,6 +264,41 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         "--lllite-refresh", type=int, help=_help("steps between adapter conditioning refreshes", "lllite_refresh")
     )
     g.add_argument("--adapter-strength", type=float, help=_help("initial adapter strength, 0..1.5", "adapter_strength"))
+    # diffusion-perf: speed switches (README, "Speed switches")
+    d = DiffusionConfig()
+    g.add_argument(
+        "--text-length-step",
+        type=int,
+        help=f"text-encoder length bucket step in tokens, 0 = fixed length (default {d.text_length_step})",
+    )
+    g.add_argument(
+        "--text-prefix-cache",
+        type=_flag,
+        help=f"cache the system prefix's K/V, 1/0 (default {int(d.text_prefix_cache)})",
+    )
+    g.add_argument(
+        "--text-compile", type=_flag, help=f"torch.compile the text encoder, 1/0 (default {int(d.text_compile)})"
+    )
+    g.add_argument(
+        "--channels-last", choices=CHANNELS_LAST_CHOICES, help=f"channels-last weights (default {d.channels_last})"
+    )
+    g.add_argument("--fuse-qkv", type=_flag, help=f"fused UNet attention projections, 1/0 (default {int(d.fuse_qkv)})")
+    g.add_argument(
+        "--inductor",
+        type=_names,
+        help=f"UNet inductor switches, comma-separated or none: {', '.join(INDUCTOR_CHOICES)} "
+        f"(default {','.join(d.inductor) or 'none'})",
+    )
+    g.add_argument(
+        "--stream-priorities",
+        type=_flag,
+        help=f"UNet stream above side streams, 1/0 (default {int(d.stream_priorities)})",
+    )
+    g.add_argument(
+        "--compile-cache",
+        type=_optional_path,
+        help=f"directory for compiled artifacts, or none (default {d.compile_cache_dir})",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -420,6 +468,15 @@ _DIFFUSION_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "lllite_blocks": ("LIVESTYLE_LLLITE_BLOCKS", str, "lllite_blocks"),
     "lllite_refresh": ("LIVESTYLE_LLLITE_REFRESH", int, "lllite_refresh"),
     "adapter_strength": ("LIVESTYLE_ADAPTER_STRENGTH", float, "adapter_strength"),
+    # diffusion-perf
+    "text_length_step": ("LIVESTYLE_TEXT_LENGTH_STEP", int, "text_length_step"),
+    "text_prefix_cache": ("LIVESTYLE_TEXT_PREFIX_CACHE", _flag, "text_prefix_cache"),
+    "text_compile": ("LIVESTYLE_TEXT_COMPILE", _flag, "text_compile"),
+    "channels_last": ("LIVESTYLE_CHANNELS_LAST", str, "channels_last"),
+    "fuse_qkv": ("LIVESTYLE_FUSE_QKV", _flag, "fuse_qkv"),
+    "inductor": ("LIVESTYLE_INDUCTOR", _names, "inductor"),
+    "stream_priorities": ("LIVESTYLE_STREAM_PRIORITIES", _flag, "stream_priorities"),
+    "compile_cache": ("LIVESTYLE_COMPILE_CACHE", _optional_path, "compile_cache_dir"),
 }
 
 _RUNTIME_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {

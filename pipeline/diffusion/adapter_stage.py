@@ -12,17 +12,24 @@ stream, right before the compiled graph reads them.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.diffusion.lllite import AdapterBank
+from pipeline.config import DiffusionConfig
+from pipeline.diffusion.lllite import AdapterBank, load_adapter
+from pipeline.diffusion.streams import to_device
 from pipeline.preview import fit_square
 from pipeline.temporal import SceneCutDetector, WarpWorkers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -54,6 +61,30 @@ class AdapterStage:
         self.sessions: dict[str, AdapterSession] = {}
         self.counts: Counter[str] = Counter()
         """Refreshes by reason, all sessions (benchmarks)."""
+
+    @classmethod
+    def build(
+        cls, config: DiffusionConfig, unet: Any, max_batch: int, latent: int, size: int, device: torch.device
+    ) -> AdapterStage | None:
+        """The adapter of config.lllite installed into the UNet, or None without one."""
+        if not config.lllite:
+            return None
+        loaded = load_adapter(Path(config.lllite), unet, config.lllite_blocks)
+        bank = AdapterBank(unet, loaded, max_batch, latent=latent)
+        log.info(
+            "temporal adapter: %d sites (%s), %d checkpoint keys not used",
+            len(bank.sites),
+            config.lllite_blocks,
+            loaded.ignored_keys,
+        )
+        return cls(
+            bank,
+            refresh=config.lllite_refresh,
+            cut_threshold=config.scene_cut_threshold,
+            strength=config.adapter_strength,
+            size=size,
+            device=device,
+        )
 
     def open(self, session_id: str) -> None:
         self.sessions[session_id] = AdapterSession(self.strength, SceneCutDetector(self.cut_threshold))
@@ -108,7 +139,7 @@ class AdapterStage:
         """Run the conditioning CNNs (current stream) for the planned sessions."""
         if not todo:
             return
-        images = torch.from_numpy(np.stack([img for _, img in todo])).to(self.device, non_blocking=True)
+        images = to_device(torch.from_numpy(np.stack([img for _, img in todo])), self.device)
         x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
         per_site = self.bank.embed(x)
         for i, (s, _) in enumerate(todo):

@@ -14,15 +14,14 @@ bucket (its eager form launches hundreds of kernels from Python). Two kinds of r
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from pipeline.diffusion.graphs import GraphedCall
+from pipeline.diffusion.streams import StreamSet
 from pipeline.diffusion.text import PromptTokens, TextConditioner
 
 log = logging.getLogger(__name__)
@@ -42,74 +41,67 @@ class Conditioning:
 
 
 class TextStage:
-    def __init__(self, text: TextConditioner, device: torch.device, buckets: Sequence[int], use_graphs: bool) -> None:
+    def __init__(self, text: TextConditioner, streams: StreamSet, buckets: Sequence[int], use_graphs: bool) -> None:
         self.text = text
-        self.device = device
-        self.cuda = device.type == "cuda"
+        self.streams = streams
         self.buckets = tuple(sorted(buckets))
-        self.use_graphs = use_graphs and self.cuda
-        self.stream = torch.cuda.Stream(device) if self.cuda else None
-        self.overlap = True
-        """False: run on the caller's stream (see DiffusionBackend.overlap)."""
+        self.use_graphs = use_graphs and streams.cuda
         self.timings_ms: list[float] | None = None
         """When a list: each launch's text-stream time is appended (CUDA events)."""
         self._timing: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-        self._graphs: dict[int, GraphedCall] = {}
+        self._graphs: dict[tuple[int, int], GraphedCall] = {}
         self.calls = 0
         """Encoder launches (tests count them)."""
         self.rows = 0
         """Rows encoded (padding excluded)."""
 
-    def _stream(self) -> contextlib.AbstractContextManager[Any]:
-        if self.stream is None or not self.overlap:
-            return contextlib.nullcontext()
-        return torch.cuda.stream(self.stream)
-
     def _bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
     def capture(self, frames: torch.Tensor, tokens: PromptTokens) -> None:
-        """Record one CUDA graph per batch bucket (warm-up)."""
+        """Record one CUDA graph per (batch bucket, length bucket) (warm-up)."""
         if not self.use_graphs:
             return
         for b in self.buckets:
-            if b in self._graphs:
-                continue
-            ids, _ = self.text.host_inputs([tokens] * b)
-            example = frames[:1].expand(b, -1, -1, -1).contiguous()
-            self.text.forward(example, ids)  # builds the cached vision index tensors first
-            self._graphs[b] = GraphedCall(self.text.forward, [example, ids])
+            for length in self.text.length_buckets:
+                if (b, length) in self._graphs:
+                    continue
+                ids, _ = self.text.host_inputs([tokens] * b, length)
+                example = frames[:1].expand(b, -1, -1, -1).contiguous()
+                self.text.forward(example, ids)  # builds the cached vision index tensors first
+                self._graphs[b, length] = GraphedCall(self.text.forward, [example, ids])
 
     @torch.inference_mode()
     def encode(
         self, frames: torch.Tensor | None, tokens: Sequence[PromptTokens], after: torch.cuda.Event | None
     ) -> list[Conditioning]:
-        """Encode len(tokens) rows on the text stream (after `after`, an event of the stream
-        that produced `frames`). frames: (n, 3, S, S) float [0, 255], or None (text only)."""
+        """Encode len(tokens) rows on the text stream (after `after`, an event recorded on
+        the stream that produced `frames` after it was produced). frames: (n, 3, S, S)
+        float [0, 255], or None (text only). The caller keeps `frames` alive until the
+        results' `ready` event."""
         n = len(tokens)
         self.calls += 1
         self.rows += n
-        timed = self.timings_ms is not None and self.cuda
-        with self._stream():
-            if after is not None and self.stream is not None and self.overlap:
-                self.stream.wait_event(after)
+        streams = self.streams
+        timed = self.timings_ms is not None and streams.cuda
+        with streams.on_text():
+            if streams.overlap:
+                streams.wait(streams.text, after)
             if timed:
                 t0 = torch.cuda.Event(enable_timing=True)
                 t0.record()
-            ids, mask = self.text.host_inputs(list(tokens))
-            graph = self._graphs.get(self._bucket(n)) if frames is not None else None
+            length = self.text.length_for(list(tokens))
+            ids, mask = self.text.host_inputs(list(tokens), length)
+            b = self._bucket(n)
+            graph = self._graphs.get((b, length)) if frames is not None else None
             if graph is not None:
-                b = self._bucket(n)
                 if b > n:  # pad rows by repeating the last one (results dropped)
                     frames = torch.cat([frames, frames[-1:].expand(b - n, -1, -1, -1)])
                     ids = torch.cat([ids, ids[-1:].expand(b - n, -1)])
                 hidden = graph(frames, ids)[:n].clone()  # own copy: the graph reuses its buffer
             else:
                 hidden = self.text.forward(frames, ids)
-            ready = None
-            if self.stream is not None and self.overlap:
-                ready = torch.cuda.Event()
-                ready.record(self.stream)
+            ready = streams.record(streams.text) if streams.overlap else None
             if timed:
                 t1 = torch.cuda.Event(enable_timing=True)
                 t1.record()
@@ -125,11 +117,12 @@ class TextStage:
         self._timing.clear()
 
     def wait(self, items: Sequence[Conditioning], stream: torch.cuda.Stream | None) -> None:
-        """Make `stream` wait for the given results and keep their memory valid there."""
+        """Make `stream` wait for the given results (the caller keeps them alive until
+        that stream is done with them)."""
         if stream is None:
             return
         for event in {id(c.ready): c.ready for c in items if c.ready is not None}.values():
             stream.wait_event(event)
-        for c in items:
-            c.cond.record_stream(stream)
-            c.mask.record_stream(stream)
+
+    def clear(self) -> None:
+        self._graphs.clear()

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.diffusion.streams import to_device
+
 COND_DIM = 32
 MLP_DIM = 64
 COND_IMAGE = 512
@@ -254,7 +256,7 @@ class AdapterBank:
         src = [torch.stack([row[k] for row in per_row]) for k in range(len(self.sites))]
         torch._foreach_copy_(dst, src)
         m = torch.tensor(strengths, dtype=self.sites[0].multiplier.dtype).view(b, 1, 1)
-        m = m.to(self.sites[0].multiplier.device, non_blocking=True)
+        m = to_device(m, self.sites[0].multiplier.device)  # pinned: no blocking copy in a step
         for s in self.sites:
             s.multiplier[:b].copy_(m)
 

@@ -15,6 +15,7 @@ last hidden state minus the 64-token system prefix) but shaped for streaming:
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,10 @@ from transformers.vision_utils import (
 )
 
 from pipeline.core import PromptRejected
+from pipeline.diffusion.streams import to_device
+from pipeline.diffusion.text_lm import PrefixLanguageModel
+
+log = logging.getLogger(__name__)
 
 # diffusers DreamLiteMobilePipeline: prompt_template_encode_edit / _start_idx and the edit
 # instruction wrapper (tests check these equal the pipeline's own strings).
@@ -125,6 +130,9 @@ class TextConditioner:
         image_size: int,
         text_tokens: int,
         device: torch.device,
+        length_step: int = 0,
+        prefix_cache: bool = False,
+        compile_lm: bool = False,
     ) -> None:
         self.model = text_encoder.model
         install_static_paths(text_encoder)
@@ -154,6 +162,14 @@ class TextConditioner:
         mm = (ids == self.image_token_id).long()[None]
         pos, _ = self.model.get_rope_index(ids[None], mm, self.grid_thw, None, None)
         self.rope_positions = pos.to(device)  # (3, 1, L): the same for every row
+        self.length_buckets = length_buckets(probe.length, text_tokens, length_step)
+        self.prefix: PrefixLanguageModel | None = None
+        if prefix_cache:
+            try:
+                self._install_prefix(probe, compile_lm)
+            except Exception as exc:  # noqa: BLE001 - an optimisation: the stock path computes the same
+                log.warning("text prefix cache unavailable (%s); running the full template", exc)
+                self.prefix = None
 
     # ---- host side: tokens ----------------------------------------------------------------
 
@@ -180,6 +196,9 @@ class TextConditioner:
         padded = torch.full((self.text_tokens,), self.pad_id, dtype=torch.long)
         padded[: len(ids)] = torch.tensor(ids, dtype=torch.long)
         tokens = PromptTokens(prompt, padded, len(ids))
+        prefix = getattr(self, "_prefix_ids", None)
+        if prefix is not None and not torch.equal(padded[:SYSTEM_PREFIX_TOKENS], prefix):
+            raise PromptRejected("prompt_invalid", "prompt changes the template's system prefix; rephrase it")
         self._token_cache[key] = tokens
         if len(self._token_cache) > 256:
             self._token_cache.popitem(last=False)
@@ -216,14 +235,34 @@ class TextConditioner:
             frames = F.interpolate(frames, size=(self.image_size,) * 2, mode="bilinear", antialias=True)
         return (frames * (1 / 255) - 0.5) / 0.5
 
-    def host_inputs(self, tokens: list[PromptTokens]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids, mask) for a batch of prompts, on the device. The mask marks valid positions
-        after the system prefix; the text encoder itself needs none (causal attention, right
-        padding)."""
-        ids = torch.stack([t.ids for t in tokens])
+    def _install_prefix(self, probe: PromptTokens, compile_lm: bool) -> None:
+        """Compute the system prefix's K/V once (see text_lm.py). Prompts never change the
+        first 64 tokens (the image or the instruction follows a special token or a
+        newline); tokens() still checks every prompt against them."""
+        text_only = self.tokens("", with_image=False)
+        prefix = probe.ids[:SYSTEM_PREFIX_TOKENS]
+        if not torch.equal(text_only.ids[:SYSTEM_PREFIX_TOKENS], prefix):
+            raise ValueError("the tokenizer splits the system prefix differently with and without an image")
+        self.prefix = PrefixLanguageModel(self.model.language_model, compile_lm)
+        self.prefix.set_prefix(prefix.to(self.device), self.rope_positions[:, :, :SYSTEM_PREFIX_TOKENS])
+        self._prefix_ids = prefix
+        self._token_cache.clear()
+
+    def length_for(self, tokens: list[PromptTokens]) -> int:
+        """The sequence length a batch of prompts runs at: the smallest length bucket that
+        holds the longest of them."""
+        longest = max(t.length for t in tokens)
+        return next(b for b in self.length_buckets if b >= longest)
+
+    def host_inputs(self, tokens: list[PromptTokens], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids (B, length), mask (B, text_tokens - 64)) on the device (current stream,
+        through pinned memory). The mask marks valid positions after the system prefix;
+        the text encoder itself needs none (causal attention, right padding)."""
+        length = self.length_for(tokens) if length is None else length
+        ids = torch.stack([t.ids[:length] for t in tokens])
         lengths = torch.tensor([t.length for t in tokens])
         mask = (torch.arange(SYSTEM_PREFIX_TOKENS, self.text_tokens)[None] < lengths[:, None]).long()
-        return ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+        return to_device(ids, self.device), to_device(mask, self.device)
 
     @torch.inference_mode()
     def encode(self, frames: torch.Tensor | None, tokens: list[PromptTokens]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,24 +274,43 @@ class TextConditioner:
 
     @torch.inference_mode()
     def forward(self, frames: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor:
-        """Device-only part of encode() (no host syncs or copies: CUDA-graph capturable)."""
-        b = ids.shape[0]
-        embeds = self.model.get_input_embeddings()(ids)
-        lm = self.model.language_model
-        if frames is None:
-            hidden = lm(inputs_embeds=embeds, use_cache=False).last_hidden_state
-        else:
+        """Device-only part of encode() (no host syncs or copies: CUDA-graph capturable).
+        ids (B, L) for a length bucket L; the result is zero-padded to text_tokens - 64
+        rows (the UNet's static shape; its mask hides them)."""
+        b, length = ids.shape
+        p = SYSTEM_PREFIX_TOKENS
+        start = p if self.prefix is not None else 0
+        embeds = self.model.get_input_embeddings()(ids[:, start:])
+        image, deepstack = None, None
+        if frames is not None:
             pixels = patchify(self.prepare_images(frames), self.patch, self.merge, self.temporal)
-            kw = self._vision_precomputed(b)
-            vision = self.model.visual(pixels.to(self.dtype), **kw)
+            vision = self.model.visual(pixels.to(self.dtype), **self._vision_precomputed(b))
             image_embeds = vision.pooler_output.view(b, self.image_tokens, -1).to(embeds.dtype)
-            s = self.image_slice
-            embeds = torch.cat([embeds[:, : s.start], image_embeds, embeds[:, s.stop :]], dim=1)
+            image = slice(self.image_slice.start - start, self.image_slice.stop - start)
+            embeds = torch.cat([embeds[:, : image.start], image_embeds, embeds[:, image.stop :]], dim=1)
+            deepstack = vision.deepstack_features
+            positions = self.rope_positions[:, :, start:length].expand(-1, b, -1)
+        else:
+            positions = torch.arange(start, length, device=ids.device).view(1, 1, -1).expand(3, b, -1)
+        if self.prefix is not None:
+            hidden = self.prefix.forward(embeds, positions, image, deepstack)
+        else:
+            lm = self.model.language_model
             hidden = lm(
                 inputs_embeds=embeds,
-                position_ids=self.rope_positions.expand(-1, b, -1),
-                visual_pos_masks=s,
-                deepstack_visual_embeds=vision.deepstack_features,
+                position_ids=positions,
+                visual_pos_masks=image,
+                deepstack_visual_embeds=deepstack,
                 use_cache=False,
-            ).last_hidden_state
-        return hidden[:, SYSTEM_PREFIX_TOKENS:]
+            ).last_hidden_state[:, p:]
+        return F.pad(hidden, (0, 0, 0, self.text_tokens - length))
+
+
+def length_buckets(shortest: int, text_tokens: int, step: int) -> tuple[int, ...]:
+    """Sequence lengths compiled for the text encoder: multiples of `step` after the
+    64-token prefix from the shortest possible prompt up, plus text_tokens itself
+    (step 0: text_tokens alone, the fixed layout)."""
+    if step <= 0:
+        return (text_tokens,)
+    first = SYSTEM_PREFIX_TOKENS + -(-(shortest - SYSTEM_PREFIX_TOKENS) // step) * step
+    return (*range(min(first, text_tokens), text_tokens, step), text_tokens)
