@@ -20,6 +20,10 @@ LIBRARIES = ("aiortc", "av", "aiohttp", "numpy", "opencv-python-headless", "torc
 REDACTED = "<redacted>"
 ENV_PREFIX = "LIVESTYLE_"
 MAX_CHANGED = 50
+STAMP = REPO / ".source-commit.json"
+"""Written by `python -m bench.provenance stamp` before a checkout's files are copied to a
+machine without its .git (the lent GPU gets the working tree only): git_state() falls back
+to it there, and says so."""
 
 
 def now_iso() -> str:
@@ -39,8 +43,24 @@ def git_state() -> dict[str, Any]:
         commit = _git("rev-parse", "HEAD")
         changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
     except (OSError, subprocess.SubprocessError) as exc:
+        if STAMP.is_file():
+            import json
+
+            return {**json.loads(STAMP.read_text()), "source": f"{STAMP.name} (this copy has no .git)"}
         return {"commit": None, "reason": f"not a git checkout or git failed: {exc}"[:300]}
     return {"commit": commit, "dirty": bool(changed), "changed": changed[:MAX_CHANGED]}
+
+
+def write_stamp() -> None:
+    """Record this checkout's git state next to its files, for a copy that travels without .git."""
+    import json
+
+    state = git_state()
+    if state.get("commit") is None:
+        raise SystemExit(f"no git state to stamp: {state.get('reason')}")
+    state.pop("source", None)
+    STAMP.write_text(json.dumps(state) + "\n")
+    print(f"stamped {STAMP.name}: {state['commit']} dirty={state['dirty']}")
 
 
 def host_info() -> dict[str, Any]:
@@ -106,3 +126,11 @@ def server_record(name: str, argv: Sequence[str], removed_env: Sequence[str]) ->
         "env_removed": list(removed_env),
         "config": jsonable(config),
     }
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["stamp"]:
+        raise SystemExit("usage: python -m bench.provenance stamp")
+    write_stamp()

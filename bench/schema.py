@@ -167,7 +167,7 @@ TARGET_ROW = obj(
     {"goal": N, "met": boolean, "shortfall": POS, "shortfall_pct": POS},
 )
 GIT = any_of(
-    obj({"commit": string("[0-9a-f]{40}"), "dirty": boolean, "changed": array(STR)}),
+    obj({"commit": string("[0-9a-f]{40}"), "dirty": boolean, "changed": array(STR)}, {"source": STR}),
     obj({"commit": null, "reason": STR}),
 )
 PROCESS = tagged(

@@ -311,3 +311,27 @@ def test_stamps_cross_check_the_anchor_and_still_match_unanchored_tracks():
 def test_nothing_matches_without_probes_or_stamps():
     track = anchored_track(0, 5)
     assert match_frames(track, [Received(0.0, 5, np.zeros((8, 8, 3), np.uint8))]).method == "none"
+
+
+@pytest.mark.unit
+def test_git_state_falls_back_to_the_stamp_in_a_copy_without_git(tmp_path, monkeypatch):
+    """The lent GPU machine gets the working tree without .git: results still name the commit."""
+    import subprocess
+
+    from bench import provenance
+
+    stamp = tmp_path / ".source-commit.json"
+    monkeypatch.setattr(provenance, "STAMP", stamp)
+    state = provenance.git_state()
+    assert state["commit"] is not None  # this checkout has .git
+    provenance.write_stamp()
+
+    def no_git(*_args: str) -> str:
+        raise subprocess.CalledProcessError(128, "git")
+
+    monkeypatch.setattr(provenance, "_git", no_git)
+    copied = provenance.git_state()
+    assert copied["commit"] == state["commit"] and copied["dirty"] == state["dirty"]
+    assert "no .git" in copied["source"]
+    stamp.unlink()
+    assert provenance.git_state()["commit"] is None
