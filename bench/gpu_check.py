@@ -18,6 +18,7 @@ syncs in a compiled step; first vs cached warm-up.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -133,24 +134,38 @@ def check_text(c: Any) -> None:
     ids_fast, _ = fast.host_inputs(tokens)
     g_plain = graphed(plain.forward, [frames, ids_plain])
     g_fast = graphed(fast.forward, [frames, ids_fast])
-    want, got = g_plain(frames, ids_plain).float(), g_fast(frames, ids_fast).float()
     n = tokens[0].length - SYSTEM_PREFIX_TOKENS
+    # The yardstick: the full template in float32. bf16 rounding alone moves the stock path
+    # by some amount; the fast path passes when it stays within that noise floor.
+    exact = copy.deepcopy(c.text_encoder).float()
+    with torch.inference_mode():
+        want = (
+            TextConditioner(exact.float(), c.tokenizer, image_size=256, text_tokens=256, device=dev())
+            .forward(frames, ids_plain)[:, :n]
+            .float()
+        )
+    del exact
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
     def rel(x: torch.Tensor) -> tuple[float, float]:
-        d = (x[:, :n] - want[:, :n]).abs()
-        return float(d.mean()) / float(want[:, :n].abs().mean()), float(d.max()) / float(want[:, :n].abs().max())
+        d = (x[:, :n].float() - want).abs()
+        return float(d.mean()) / float(want.abs().mean()), float(d.max()) / float(want.abs().max())
 
-    mean_err, max_err = rel(got)
+    floor, _ = rel(g_plain(frames, ids_plain))
+    mean_err, max_err = rel(g_fast(frames, ids_fast))
+    limit = 1.25 * floor + 1e-3
     ms_plain = cuda_ms(lambda: g_plain(frames, ids_plain))
     ms_fast = cuda_ms(lambda: g_fast(frames, ids_fast))
     report(
-        "PASS" if mean_err < 0.02 else "FAIL",
+        "PASS" if mean_err <= limit else "FAIL",
         "text_fast_path",
         f"B=8 graph {ms_plain:.2f} -> {ms_fast:.2f} ms (length {ids_plain.shape[1]} -> {ids_fast.shape[1]}, "
-        f"prefix cached); vs full template: mean rel err {mean_err:.4f} (< 0.02), max rel {max_err:.4f}",
+        f"prefix cached); mean rel err vs the float32 full template {mean_err:.4f} (stock bf16 path: "
+        f"{floor:.4f}; limit 1.25x that + 0.001), max rel {max_err:.4f}",
         ms_full=round(ms_plain, 3),
         ms_fast=round(ms_fast, 3),
         mean_rel_err=mean_err,
+        bf16_floor=floor,
         max_rel_err=max_err,
     )
     t0 = time.monotonic()
@@ -161,10 +176,11 @@ def check_text(c: Any) -> None:
     comp_err, _ = rel(g_comp(frames, ids_fast).float())
     ms_comp = cuda_ms(lambda: g_comp(frames, ids_fast))
     report(
-        "PASS" if used and comp_err < 0.02 else "FAIL",
+        "PASS" if used and comp_err <= limit else "FAIL",
         "text_compile",
         f"compiled decoder layer {'used' if used else 'FELL BACK to eager'}: B=8 graph {ms_comp:.2f} ms, "
-        f"compile+capture {compile_s:.0f} s, mean rel err vs full template {comp_err:.4f}",
+        f"compile+capture {compile_s:.0f} s, mean rel err vs the float32 full template {comp_err:.4f} "
+        f"(limit {limit:.4f})",
         ms=round(ms_comp, 3),
         compile_s=round(compile_s, 1),
         mean_rel_err=comp_err,
@@ -334,7 +350,14 @@ def steady_state(b: Any) -> dict[str, Any]:
             if b.cuda:
                 torch.cuda.set_sync_debug_mode(0)
     b.close_session("steady")
-    syncs = sorted({str(w.message)[:160] for w in caught if "synchroniz" in str(w.message).lower()})
+    # torch announces the debug mode itself with a warning that mentions synchronizing: not a sync.
+    syncs = sorted(
+        {
+            str(w.message)[:160]
+            for w in caught
+            if "synchroniz" in str(w.message).lower() and "prototype feature" not in str(w.message)
+        }
+    )
     return {"syncs": syncs, "step_ms": round(wall / steps * 1000, 2), "cpu_ms_per_step": round(cpu / steps * 1000, 2)}
 
 
@@ -401,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("gpu_check.json"))
     p.add_argument("--buckets", default=str(CHECK_BUCKET), help="buckets the children compile (default 8)")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny components: the script's logic only (CI)")
+    p.add_argument("--only", default="", help="comma-separated in-process checks to run (text, streams); no children")
     p.add_argument("--child", choices=("first", "second"), help=argparse.SUPPRESS)
     p.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -416,6 +440,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="livestyle-gpu-check-"))
     first_out, second_out = work / "first.json", work / "second.json"
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    if only:
+        c = components(args.reference)
+        if "text" in only:
+            check("text_fast_path", lambda: check_text(c))
+        if "streams" in only:
+            check("stream_check", lambda: check_streams(c).close())
+        args.out.write_text(json.dumps(results, indent=1, default=str))
+        failed = [k for k, v in results.items() if isinstance(v, dict) and v.get("status") == "FAIL"]
+        print(f"{'FAIL' if failed else 'PASS'} gpu_check --only {args.only}: {len(failed)} failed {failed}")
+        return 1 if failed else 0
     first = run_child("first", args, work / "cache", first_out)
     c = components(args.reference)
     check("text_fast_path", lambda: check_text(c))

@@ -21,9 +21,10 @@ REDACTED = "<redacted>"
 ENV_PREFIX = "LIVESTYLE_"
 MAX_CHANGED = 50
 STAMP = REPO / ".source-commit.json"
-"""Written by `python -m bench.provenance stamp` before a checkout's files are copied to a
-machine without its .git (the lent GPU gets the working tree only): git_state() falls back
-to it there, and says so."""
+"""Written by `python -m bench.provenance stamp` before a checkout's files are copied to
+another machine (the lent GPU gets the working tree, with a .git that need not match it).
+git_state() reads it instead of git where STAMP_ENV is set (or git fails), and says so."""
+STAMP_ENV = "BENCH_USE_SOURCE_STAMP"
 
 
 def now_iso() -> str:
@@ -39,22 +40,31 @@ def _git(*args: str) -> str:
 def git_state() -> dict[str, Any]:
     """{"commit", "dirty", "changed"} (tracked files that differ from the commit), or
     {"commit": None, "reason"} outside a git checkout."""
+    if os.environ.get(STAMP_ENV) == "1":
+        if not STAMP.is_file():
+            return {"commit": None, "reason": f"{STAMP_ENV}=1 but {STAMP.name} is missing"}
+        return _stamped()
     try:
         commit = _git("rev-parse", "HEAD")
         changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
     except (OSError, subprocess.SubprocessError) as exc:
         if STAMP.is_file():
-            import json
-
-            return {**json.loads(STAMP.read_text()), "source": f"{STAMP.name} (this copy has no .git)"}
+            return _stamped()
         return {"commit": None, "reason": f"not a git checkout or git failed: {exc}"[:300]}
     return {"commit": commit, "dirty": bool(changed), "changed": changed[:MAX_CHANGED]}
+
+
+def _stamped() -> dict[str, Any]:
+    import json
+
+    return {**json.loads(STAMP.read_text()), "source": f"{STAMP.name}, stamped in the checkout this copy came from"}
 
 
 def write_stamp() -> None:
     """Record this checkout's git state next to its files, for a copy that travels without .git."""
     import json
 
+    os.environ.pop(STAMP_ENV, None)
     state = git_state()
     if state.get("commit") is None:
         raise SystemExit(f"no git state to stamp: {state.get('reason')}")

@@ -332,6 +332,11 @@ def test_git_state_falls_back_to_the_stamp_in_a_copy_without_git(tmp_path, monke
     monkeypatch.setattr(provenance, "_git", no_git)
     copied = provenance.git_state()
     assert copied["commit"] == state["commit"] and copied["dirty"] == state["dirty"]
-    assert "no .git" in copied["source"]
+    assert "stamped" in copied["source"]
+    monkeypatch.setenv(provenance.STAMP_ENV, "1")  # a copy whose .git does not match its files
+    monkeypatch.setattr(provenance, "_git", lambda *_a: "0" * 40)
+    assert provenance.git_state()["commit"] == state["commit"]
+    monkeypatch.setattr(provenance, "_git", no_git)
+    monkeypatch.delenv(provenance.STAMP_ENV)
     stamp.unlink()
     assert provenance.git_state()["commit"] is None
