@@ -240,9 +240,17 @@ class EngineCore:
         if len(images) != len(done.frames):
             raise EngineFatalError(f"backend returned {len(images)} images for {len(done.frames)} frames")
         serial = None if done.behind else t_out - done.t_launch
-        chained = t_out - self._last_collected if done.behind and self._last_collected is not None else None
+        chained = None
+        if done.behind and self._last_collected is not None:
+            # Device time from when it could start (the later of its launch and the end of the
+            # step ahead) to its end: idle time the scheduler chose must not count as cost,
+            # or waiting longer would make steps look dearer and it would wait longer still.
+            chained = t_out - max(done.t_launch, self._last_collected)
         self.scheduler.costs.observe(done.bucket, serial=serial, chained=chained, host=done.host_s)
         self._last_collected = t_out
+        if self._inflight:  # the step behind starts from this one's real end, not its estimate
+            nxt = self._inflight[0]
+            nxt.expected_done = self.scheduler.expected_done(nxt.t_launch, nxt.bucket, t_out if nxt.behind else None)
         self.stats.steps.inc()
         if done.behind:
             self.stats.steps_overlapped.inc()

@@ -28,6 +28,11 @@ PAUSE_S = 1.0
 MIN_INTERVAL_S = 1 / 60
 """A session counts as sending at most 60 fps: one that sends faster (a broken or hostile
 client) cannot make the engine look saturated (it gets one frame per step anyway)."""
+LAUNCH_MARGIN = 0.25
+"""When saturated, the next step is launched this fraction of a step's device time before
+the step in flight should end: step times jitter (other streams, clocks), and a device
+left idle by a late launch is throughput lost for good, while launching early only makes
+that step's frames a few ms older."""
 SATURATED, KEEPS_UP = 0.9, 0.75
 """Utilisation above which steps overlap, and below which they stop overlapping again."""
 
@@ -155,7 +160,8 @@ class Scheduler:
         if self.policy == "auto" and self._saturated(now, arrivals) and inflight:
             # Just before the device runs dry, not earlier: the step would not finish sooner,
             # and frames taken later are fresher (a newer one replaces each in its slot).
-            launch_at = inflight[-1] - self.costs.host
+            bucket = self.bucket_for(max(1, len(batch)))
+            launch_at = inflight[-1] - self.costs.host - LAUNCH_MARGIN * self.costs.device(bucket)
             if now < launch_at:
                 return Wait(launch_at)
             return Launch(batch) if batch else COLLECT

@@ -223,10 +223,20 @@ class FakeClock:
 class FakeTimedBackend(FakeBackend):
     """A pipelined backend on a FakeClock: submit costs `host_s` of host time and queues
     `device_s[bucket]` of device work behind whatever is in flight; collect waits (moves
-    the clock) until the step is done, plus `collect_s` to copy the results out."""
+    the clock) until the step is done, plus `collect_s` to copy the results out. `jitter`:
+    sigma of a log-normal factor on each step's device time (a real GPU's steps vary: other
+    streams, clocks), drawn from a generator seeded with `seed`."""
 
     def __init__(
-        self, clock: FakeClock, device_s: dict[int, float], *, host_s: float, collect_s: float, max_batch: int
+        self,
+        clock: FakeClock,
+        device_s: dict[int, float],
+        *,
+        host_s: float,
+        collect_s: float,
+        max_batch: int,
+        jitter: float = 0.0,
+        seed: int = 0,
     ) -> None:
         super().__init__(max_batch=max_batch)
         self.pipelined = True
@@ -234,6 +244,8 @@ class FakeTimedBackend(FakeBackend):
         self.device_s = device_s
         self.host_s = host_s
         self.collect_s = collect_s
+        self.jitter = jitter
+        self._rng = np.random.default_rng(seed)
         self._device_free = 0.0
 
     def bucket_for(self, rows: int) -> int:
@@ -243,7 +255,8 @@ class FakeTimedBackend(FakeBackend):
         images = super().submit(frames)
         self.clock.advance_to(self.clock() + self.host_s)
         start = max(self.clock(), self._device_free)
-        self._device_free = start + self.device_s[self.bucket_for(len(frames))]
+        factor = float(self._rng.lognormal(0.0, self.jitter)) if self.jitter else 1.0
+        self._device_free = start + self.device_s[self.bucket_for(len(frames))] * factor
         return images, self._device_free
 
     def collect(self, ticket: Any) -> list[np.ndarray]:
