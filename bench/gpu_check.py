@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.provenance import git_state
+
 MAX_LEVELS = 16
 """Largest per-pixel uint8 difference allowed against the bf16 reference (random
 weights amplify bf16 rounding in a few pixels; the mean must stay <= 1 level)."""
@@ -447,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             check("text_fast_path", lambda: check_text(c))
         if "streams" in only:
             check("stream_check", lambda: check_streams(c).close())
+        results["git"] = git_state()
         args.out.write_text(json.dumps(results, indent=1, default=str))
         failed = [k for k, v in results.items() if isinstance(v, dict) and v.get("status") == "FAIL"]
         print(f"{'FAIL' if failed else 'PASS'} gpu_check --only {args.only}: {len(failed)} failed {failed}")
@@ -471,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report("FAIL", "children", f"first compile child exited {first_rc} (None: killed after its time limit)")
     results["total_s"] = round(time.monotonic() - t0, 1)
+    results["git"] = git_state()
     results["gpu"] = None if args.smoke else torch.cuda.get_device_name()
     results["torch"] = torch.__version__
     args.out.write_text(json.dumps(results, indent=1, default=str))

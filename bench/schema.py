@@ -184,7 +184,7 @@ META = obj(
         "git": GIT,
         "device": obj(
             {"device": STR, "torch": STR, "diffusers": STR, "transformers": STR},
-            {"gpu": STR, "gpu_memory_gb": POS, "cuda": STR, "sm_count": COUNT, "driver": STR},
+            {"gpu": STR, "gpu_memory_gb": POS, "cuda": STR, "sm_count": COUNT, "capability": STR, "driver": STR},
         ),
         "host": obj({"python": STR, "platform": STR, "cpu": STR, "cpu_count": INT, "libraries": mapping(STR)}),
         "processes": array(PROCESS, 1),

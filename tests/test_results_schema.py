@@ -21,14 +21,9 @@ pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-# Committed before the results schema existed; they fail it and back no number in the docs.
-# The lead deletes them when the two Reproduce commands have written their successors.
-LEGACY = {
-    "2026-11-26-NVIDIA-H100-80GB-HBM3.json": "harness output from before the schema (no provenance)",
-    "2026-11-26-NVIDIA-H100-80GB-HBM3-adapter.json": "harness output from before the schema (no provenance)",
-    "2026-11-26-NVIDIA-H100-80GB-HBM3-webrtc.json": "keys no code writes (webrtc_note, null latencies)",
-    "2026-11-26-NVIDIA-H100-80GB-HBM3-profile-b8.json": "bench/profile_components output, not a results file",
-}
+# Files committed before the results schema that fail it on purpose (none left: the
+# 2026-11-26 H100 files were replaced by the 2026-12-02 H200 runs).
+LEGACY: dict[str, str] = {}
 LAT = {"count": 10, "mean_ms": 12.0, "p50_ms": 11.0, "p95_ms": 15.0, "p99_ms": 18.0}
 TEXT = {"mode": "every", "refresh": 8, "representative_frame": False, "image_size": 256, "tokens": 256}
 
