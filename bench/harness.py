@@ -184,6 +184,17 @@ def plan(config: BenchConfig) -> list[Step]:
     return steps
 
 
+def unused_path(path: Path) -> Path:
+    """path, or path with -2, -3, ... before .json when a run of the same day and tag already
+    wrote it (a later run must not replace an earlier one's evidence)."""
+    n = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
 def adapter_layouts(config: BenchConfig) -> list[str]:
     """The adapter graphs to compile: down_blocks for paper_point, then the adapter sweep's."""
     layouts = ["down_blocks"] if "paper_point" in config.scenarios else []
@@ -206,7 +217,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = print) -> t
     clock.print_plan()
     gpu = (device_info.get("gpu") or "cpu").replace(" ", "-").replace("/", "-")
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    path = config.out_dir / f"{stamp}-{gpu}{('-' + config.tag) if config.tag else ''}.json"
+    path = unused_path(config.out_dir / f"{stamp}-{gpu}{('-' + config.tag) if config.tag else ''}.json")
     out = ResultsFile(path, {"argv": list(config.command), "config": jsonable(config)}, device_info)
     out.save()
     if set(config.scenarios) & set(ENGINE_SCENARIOS):

@@ -140,3 +140,16 @@ def test_bench_help_shows_the_defaults(capsys):
         main(["bench", "--help"])
     out = capsys.readouterr().out
     assert f"(default: {BenchConfig.frames})" in out and "--serve-arg" in out
+
+
+@pytest.mark.unit
+def test_a_second_run_of_the_same_day_and_tag_gets_its_own_file(tmp_path):
+    from bench.harness import unused_path
+
+    first = tmp_path / "2026-12-02-NVIDIA-H200-webrtc.json"
+    assert unused_path(first) == first
+    first.write_text("{}")
+    second = unused_path(first)
+    assert second.name == "2026-12-02-NVIDIA-H200-webrtc-2.json"
+    second.write_text("{}")
+    assert unused_path(first).name == "2026-12-02-NVIDIA-H200-webrtc-3.json"
