@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pipeline.config import ConfigError
+from signaling.control import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -94,33 +95,27 @@ class RateLimiter:
         self.rate = per_minute / 60.0
         self.burst = burst
         self.max_clients = max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def _level(self, key: str, now: float) -> float:
-        tokens, last = self._buckets.get(key, (float(self.burst), now))
-        return min(float(self.burst), tokens + (now - last) * self.rate)
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def check(self, key: str, now: float | None = None) -> None:
         """RateLimited when the key's bucket is empty; takes nothing."""
         if self.rate <= 0:
             return
-        tokens = self._level(key, time.monotonic() if now is None else now)
-        if tokens < 1.0:
-            raise RateLimited((1.0 - tokens) / self.rate)
+        bucket = self._buckets.get(key)
+        if bucket is not None and bucket.level(time.monotonic() if now is None else now) < 1.0:
+            raise RateLimited(bucket.wait_s(time.monotonic() if now is None else now))
 
     def hit(self, key: str, now: float | None = None) -> None:
         """Take one request from the key's bucket; RateLimited when it is empty."""
         if self.rate <= 0:
             return
         now = time.monotonic() if now is None else now
-        tokens = self._level(key, now)
-        self._buckets.pop(key, None)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            raise RateLimited((1.0 - tokens) / self.rate)
-        self._buckets[key] = (tokens - 1.0, now)
+        bucket = self._buckets.pop(key, None) or TokenBucket(self.rate, self.burst, now)
+        self._buckets[key] = bucket  # most recently used last: the oldest are forgotten first
         while len(self._buckets) > self.max_clients:
             self._buckets.popitem(last=False)
+        if not bucket.take(now):
+            raise RateLimited(bucket.wait_s(now))
 
 
 class AccessGate:

@@ -45,17 +45,22 @@ class TokenBucket:
         self._tokens = float(burst)
         self._at = now
 
+    def level(self, now: float) -> float:
+        """Tokens held at `now` (refilled, nothing taken)."""
+        return min(self.burst, self._tokens + max(0.0, now - self._at) * self.rate)
+
     def take(self, now: float) -> bool:
-        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._at) * self.rate)
+        self._tokens = self.level(now)
         self._at = now
         if self._tokens < 1.0:
             return False
         self._tokens -= 1.0
         return True
 
-    def wait_s(self) -> float:
-        """Seconds until take() can succeed again (after a refused one)."""
-        return max(0.0, 1.0 - self._tokens) / self.rate
+    def wait_s(self, now: float | None = None) -> float:
+        """Seconds until take() can succeed again (after a refused one; at `now` if given)."""
+        tokens = self._tokens if now is None else self.level(now)
+        return max(0.0, 1.0 - tokens) / self.rate
 
 
 class ErrorTally:

@@ -440,3 +440,23 @@ async def test_turn_credentials_only_for_broadcasters_and_live_watch_links(previ
             pass
         assert (await ice(token))[0] == 401  # the link died with its broadcaster
         await publisher.close()
+
+
+@pytest.mark.unit
+def test_rate_limiter_buckets_burst_refill_and_forget_the_oldest():
+    from server.access import RateLimited, RateLimiter
+
+    limiter = RateLimiter(per_minute=60, burst=3, max_clients=2)
+    for _ in range(3):
+        limiter.hit("a", now=100.0)
+    with pytest.raises(RateLimited) as refused:
+        limiter.hit("a", now=100.0)
+    assert refused.value.retry_after_s == pytest.approx(1.0)  # one a second
+    with pytest.raises(RateLimited):
+        limiter.check("a", now=100.5)  # check takes nothing and still refuses
+    limiter.check("a", now=101.0)
+    limiter.hit("a", now=101.0)  # refilled
+    limiter.hit("b", now=101.0)
+    limiter.hit("c", now=101.0)  # a third address: the least recently used ("a") is forgotten
+    for _ in range(3):
+        limiter.hit("a", now=101.0)  # a fresh, full bucket
