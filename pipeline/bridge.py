@@ -195,6 +195,10 @@ class EngineBridge:
             self.busy_since = None
             if result.outputs or result.events:
                 self._post(self._listener.engine_result, self, result)
+            # Drop this thread's references before it sleeps: a session that has closed must
+            # not stay alive (its frames and images) in a waiting engine thread's locals.
+            waiting = frames = []
+            result = StepResult()
             if isinstance(decision, Wait):
                 with self._cond:
                     timeout = None if decision.until is None else decision.until - time.monotonic()

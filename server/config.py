@@ -264,40 +264,47 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         "--lllite-refresh", type=int, help=_help("steps between adapter conditioning refreshes", "lllite_refresh")
     )
     g.add_argument("--adapter-strength", type=float, help=_help("initial adapter strength, 0..1.5", "adapter_strength"))
-    # diffusion-perf: speed switches (README, "Speed switches")
+    # Speed switches (README, "Speed switches"); flags are 1/0, shown as such.
     d = DiffusionConfig()
     g.add_argument(
         "--text-length-step",
         type=int,
-        help=f"text-encoder length bucket step in tokens, 0 = fixed length (default {d.text_length_step})",
+        help=_help("text-encoder length bucket step in tokens, 0 = fixed length", "text_length_step"),
     )
     g.add_argument(
         "--text-prefix-cache",
         type=_flag,
-        help=f"cache the system prefix's K/V, 1/0 (default {int(d.text_prefix_cache)})",
+        help=_help("cache the system prefix's K/V, 1/0", "text_prefix_cache", default=str(int(d.text_prefix_cache))),
     )
     g.add_argument(
-        "--text-compile", type=_flag, help=f"torch.compile the text encoder, 1/0 (default {int(d.text_compile)})"
+        "--text-compile",
+        type=_flag,
+        help=_help(
+            "torch.compile the text encoder's decoder layer, 1/0", "text_compile", default=str(int(d.text_compile))
+        ),
     )
     g.add_argument(
-        "--channels-last", choices=CHANNELS_LAST_CHOICES, help=f"channels-last weights (default {d.channels_last})"
+        "--channels-last", choices=CHANNELS_LAST_CHOICES, help=_help("channels-last weights", "channels_last")
     )
-    g.add_argument("--fuse-qkv", type=_flag, help=f"fused UNet attention projections, 1/0 (default {int(d.fuse_qkv)})")
+    g.add_argument(
+        "--fuse-qkv",
+        type=_flag,
+        help=_help("fused UNet attention projections, 1/0", "fuse_qkv", default=str(int(d.fuse_qkv))),
+    )
     g.add_argument(
         "--inductor",
         type=_names,
-        help=f"UNet inductor switches, comma-separated or none: {', '.join(INDUCTOR_CHOICES)} "
-        f"(default {','.join(d.inductor) or 'none'})",
+        help=_help(f"UNet inductor switches, comma-separated or none: {', '.join(INDUCTOR_CHOICES)}", "inductor"),
     )
     g.add_argument(
         "--stream-priorities",
         type=_flag,
-        help=f"UNet stream above side streams, 1/0 (default {int(d.stream_priorities)})",
+        help=_help("UNet stream above side streams, 1/0", "stream_priorities", default=str(int(d.stream_priorities))),
     )
     g.add_argument(
         "--compile-cache",
         type=_optional_path,
-        help=f"directory for compiled artifacts, or none (default {d.compile_cache_dir})",
+        help=_help("directory for compiled artifacts, or none", "compile_cache"),
     )
 
 

@@ -69,11 +69,14 @@ async def wait_empty(registry, timeout: float = 20.0) -> None:
 
 async def test_sequential_and_concurrent_sessions_leave_nothing_behind(preview_server):
     clip = ping_pong(davis_clip("blackswan"))
-    srv, base = await preview_server(max_sessions=CONCURRENCY + 1)
+    # Offers come far faster than a person's (one address, dozens a minute): no offer rate limit.
+    srv, base = await preview_server(max_sessions=CONCURRENCY + 1, offer_rate_per_min=0)
     registry, engine = srv.app[REGISTRY], srv.app[ENGINE]
     async with ClientSession() as http:
         # Warm-up: codecs, executor threads and caches a first round of sessions allocates.
-        await asyncio.gather(*(one_session(http, base, clip, 1.0, i) for i in range(CONCURRENCY)))
+        async with asyncio.TaskGroup() as tg:  # one failure cancels the others (no stray peers)
+            for i in range(CONCURRENCY):
+                tg.create_task(one_session(http, base, clip, 1.0, i))
         await wait_empty(registry)
         baseline = resources()
         sessions = frames = 0
@@ -91,7 +94,9 @@ async def test_sequential_and_concurrent_sessions_leave_nothing_behind(preview_s
                 frames += await one_session(http, base, clip, 2.0 + w, 100 * w + sessions)
                 sessions += 1
 
-        await asyncio.gather(*(worker(w) for w in range(CONCURRENCY)))
+        async with asyncio.TaskGroup() as tg:
+            for w in range(CONCURRENCY):
+                tg.create_task(worker(w))
         await wait_empty(registry)
     await asyncio.sleep(0.5)  # let closed peer connections finish their last callbacks
     after = resources()
