@@ -195,6 +195,11 @@ def graphed(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> Call
     return fn if SMOKE["on"] else GraphedCall(fn, inputs)
 
 
+RACE_WINDOW_CYCLES = 2_000_000
+"""About 1 ms of side-stream idle on an H200: far longer than the text stream needs to
+start, so the pre-fix order reads rows before they are gathered."""
+
+
 def check_streams(c: Any) -> Any:
     from bench.stream_check import run_stream_check, stress_config
 
@@ -220,6 +225,20 @@ def check_streams(c: Any) -> Any:
         f"({'reproduces the race' if not legacy['passed'] else 'race not hit this run'})",
         **legacy,
     )
+    if b.cuda:  # the same with the race window widened: the check must tell the orders apart
+        window = RACE_WINDOW_CYCLES
+        wide_fixed = run_stream_check(b, sessions, steps, legacy_order=False, race_window_cycles=window)
+        wide_legacy = run_stream_check(b, sessions, steps, legacy_order=True, race_window_cycles=window)
+        ok = wide_fixed["passed"] and not wide_legacy["passed"]
+        report(
+            "PASS" if ok else "FAIL",
+            "stream_check_widened",
+            f"side stream idles {window} cycles before each gather: fixed order "
+            f"{wide_fixed['mismatched_rows']}/{wide_fixed['rows_checked']} wrong, pre-fix order "
+            f"{wide_legacy['mismatched_rows']}/{wide_legacy['rows_checked']} wrong (must be > 0)",
+            fixed=wide_fixed,
+            legacy=wide_legacy,
+        )
     priorities = b.streams.priorities()
     if priorities is None:
         return b

@@ -10,9 +10,14 @@ or the gathered rows freed while the text stream still read them), it matches an
 session's colour instead, and the check fails.
 
     python -m bench.stream_check [--model random:../shared/reference] [--legacy-order]
+                                 [--race-window-cycles 2000000]
 
 --legacy-order restores the pre-fix order; on a GPU the check is expected to FAIL with
-it. On CPU (the CI test) there is one stream, so it passes trivially but runs the same
+it. On an H200 the natural race window was too short to show it (0 of 175 rows wrong,
+bench/results/gpu-check/): --race-window-cycles makes the side stream idle that many GPU
+cycles just before each gather (about 1 ms per 2,000,000 on an H200), so a text launch
+the legacy order lets start early reads rows not gathered yet; the fixed order must still
+pass with the same window. On CPU (the CI test) there is one stream, so it passes trivially but runs the same
 logic. The text encoder sees 512x512 frames here (diffusers' own setting): it is then
 the slowest stage, so its launches lag behind the side stream, as they do in production
 when many sessions refresh at once.
@@ -68,10 +73,13 @@ def colours(n: int, size: int) -> list[np.ndarray]:
     return out
 
 
-def run_stream_check(backend: DiffusionBackend, sessions: int, steps: int, legacy_order: bool) -> dict[str, Any]:
+def run_stream_check(
+    backend: DiffusionBackend, sessions: int, steps: int, legacy_order: bool, race_window_cycles: int = 0
+) -> dict[str, Any]:
     """Drive the backend as the engine does (one step in flight) and verify every text
     result. The UNet runs eagerly (the check is about the side and text streams)."""
     backend.planner.legacy_order = legacy_order
+    backend.planner.race_window_cycles = race_window_cycles
     images = colours(sessions, backend.size)
     ids = [f"s{k}" for k in range(sessions)]
     prompts = {f"style number {k}": k for k in range(sessions)}
@@ -107,6 +115,7 @@ def run_stream_check(backend: DiffusionBackend, sessions: int, steps: int, legac
     finally:
         stage.encode = encode  # type: ignore[method-assign]
         backend.planner.legacy_order = False
+        backend.planner.race_window_cycles = 0
         for sid in ids:
             backend.close_session(sid)
     if backend.cuda:
@@ -117,6 +126,7 @@ def run_stream_check(backend: DiffusionBackend, sessions: int, steps: int, legac
         "steps": steps,
         "sessions": sessions,
         "legacy_order": legacy_order,
+        "race_window_cycles": race_window_cycles,
         "seconds": round(seconds, 2),
     }
 
@@ -173,10 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=8)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--legacy-order", action="store_true", help="the pre-fix stream order (expected to FAIL on a GPU)")
+    p.add_argument(
+        "--race-window-cycles",
+        type=int,
+        default=0,
+        help="GPU cycles the side stream idles before each gather, widening the legacy race (default: 0)",
+    )
     args = p.parse_args(argv)
+    if args.race_window_cycles < 0:
+        p.error(f"--race-window-cycles must be >= 0, got {args.race_window_cycles}")
     backend = build_backend(args.model, torch.device(args.device), args.sessions)
     try:
-        result = run_stream_check(backend, args.sessions, args.steps, args.legacy_order)
+        result = run_stream_check(backend, args.sessions, args.steps, args.legacy_order, args.race_window_cycles)
     finally:
         backend.close()
     print(json.dumps(result))

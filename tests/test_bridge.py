@@ -51,11 +51,14 @@ async def test_latest_frame_wins_under_a_slow_engine_without_latency_growth():
 
     assert session.frames_in > 150
     assert session.dropped_in > session.frames_in * 0.6  # overwritten, not queued
-    assert 15 <= len(latencies) <= 40
+    # At most the engine's 30 steps; fewer on a loaded machine, never none.
+    assert 8 <= len(latencies) <= 40
     third = len(latencies) // 3
     early, late = np.median(latencies[:third]), np.median(latencies[-third:])
-    assert late < 3 * 50, f"latency grew: {latencies}"  # bounded by ~ one step + one wait
-    assert late < early + 50
+    # A queue would grow by ~9 frames (450 ms) per step, over a second by the end; the
+    # slot keeps it about one step plus one wait (~75 ms; margin for a loaded machine).
+    assert late < 400, f"latency grew: {latencies}"
+    assert late < early + 250
 
 
 async def test_sessions_are_batched_together():
@@ -152,9 +155,11 @@ async def test_pipelined_core_adds_no_latency_when_idle():
         session.submit(IMAGE, k, TB)
         out = await asyncio.wait_for(session.recv(), 2)
         latencies.append((time.monotonic() - out.t_in) * 1000)
-        await asyncio.sleep(0.03)
+        await asyncio.sleep(0.4)
     await client.aclose()
-    assert max(latencies) < 50
+    # Collected only when the next batch launches, a frame would wait for the next submit
+    # (>= 400 ms, or for ever after the last one); at once it takes a few ms.
+    assert max(latencies) < 200, latencies
 
 
 async def test_a_prompt_flood_is_coalesced_and_the_victim_keeps_streaming():

@@ -86,4 +86,4 @@ def test_single_core_speed_is_recorded(frame, record_property):
     finally:
         cv2.setNumThreads(0)
     record_property("preview_ms_per_frame", ms)
-    assert ms < 100  # only catches a pathological slowdown, not a timing target
+    assert ms < 300  # only catches a pathological slowdown (loaded 2-core CI), not a timing target

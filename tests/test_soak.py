@@ -49,6 +49,19 @@ def live(kind: type) -> int:
     return sum(isinstance(o, kind) for o in gc.get_objects())
 
 
+def holders(kind: type) -> list[str]:
+    """What still refers to each live `kind` (two levels), so a failure names the leak."""
+    gc.collect()
+    found = []
+    for obj in (o for o in gc.get_objects() if isinstance(o, kind)):
+        for ref in gc.get_referrers(obj):
+            if isinstance(ref, list) and ref and ref[0] is obj and len(ref) > 1000:
+                continue  # gc.get_objects()' own list
+            outer = [type(r).__qualname__ for r in gc.get_referrers(ref)][:6]
+            found.append(f"{type(ref).__qualname__} {str(ref)[:160]!r} <- {outer}")
+    return found
+
+
 async def one_session(http: ClientSession, base: str, clip, seconds: float, n: int) -> int:
     client = LeanClient(base, ClipTrack(clip, fps=30), prompt=f"style {n}")
     try:
@@ -104,8 +117,9 @@ async def test_sequential_and_concurrent_sessions_leave_nothing_behind(preview_s
     print("  " + ", ".join(f"{k} {baseline[k]:g} -> {middle[k]:g} -> {after[k]:g}" for k in baseline))
     assert sessions >= 12 and frames >= sessions * 5
     assert len(registry) == 0 and engine._sessions == {} and engine.healthy
-    assert live(Session) == 0 and live(EngineSession) == 0  # nothing holds a finished session
-    assert live(FrameIn) == 0 and live(FrameOut) == 0  # nor a frame of one (slots emptied)
+    # Nothing holds a finished session, nor a frame of one (slots emptied).
+    for kind in (Session, EngineSession, FrameIn, FrameOut):
+        assert live(kind) == 0, f"{live(kind)} {kind.__name__} held by {holders(kind)}"
     assert after["fds"] <= baseline["fds"] + FD_SLACK
     assert after["threads"] <= baseline["threads"] + THREAD_SLACK
     assert after["native_threads"] <= baseline["native_threads"] + THREAD_SLACK

@@ -57,6 +57,11 @@ class TextPlanner:
         self.text_only = config.text_mode == "prompt"
         self.legacy_order = False
         """Stress-check switch: the pre-fix stream order (see the module docstring)."""
+        self.race_window_cycles = 0
+        """Stress-check switch: GPU cycles the side stream idles just before each gather
+        (CUDA only). It widens the window in which the legacy order lets the text stream
+        read rows not yet gathered; in the fixed order the event follows the gather, so
+        the idle costs time and nothing else."""
         self._prompt_cache: dict[str, Conditioning] = {}
 
     def tokens(self, prompt: str) -> PromptTokens:
@@ -106,13 +111,19 @@ class TextPlanner:
     def _encode(self, pixels: torch.Tensor, rows: list[int], tokens: list[PromptTokens]) -> list[Conditioning]:
         if self.legacy_order:
             after = self.streams.record()  # before the gather: the bug this module fixes
+            self._idle_before_gather()
             index = torch.tensor(rows, device=pixels.device)
             return self.stage.encode(pixels.index_select(0, index), tokens, after)
+        self._idle_before_gather()
         frames = gather_rows(pixels, rows)
         after = self.streams.record()  # side stream, after the gather was queued
         results = self.stage.encode(frames, tokens, after)
         self.keep.hold(results[0].ready, frames)  # read on the text stream until `ready`
         return results
+
+    def _idle_before_gather(self) -> None:
+        if self.race_window_cycles and self.streams.cuda:
+            torch.cuda._sleep(self.race_window_cycles)
 
     def _prompt_only(self, s: DiffusionSession) -> Conditioning:
         cached = self._prompt_cache.get(s.prompt)
