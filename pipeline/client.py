@@ -193,6 +193,7 @@ class EngineSession:
         self._applied: tuple[str, int] = (prompt, 0)
         self._requested: SetPrompt | None = None
         self._adapter: SetAdapterStrength | None = None
+        self._closed = False
 
     def submit(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
         """Hand the newest camera frame to the engine; never blocks."""
@@ -250,10 +251,15 @@ class EngineSession:
         }
 
     def close(self) -> None:
+        # Not keyed on the output slot: an engine that gave up closes that slot first, and
+        # the owner's close must still take the session out of the client's table.
+        if self._closed:
+            return
+        self._closed = True
         if not self._out.closed:
             self._out.close()
-            self._events.close()
-            self._client._close_session(self.session_id)
+        self._events.close()
+        self._client._close_session(self.session_id)
 
     # ---- from the client ----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import gc
 import os
 import threading
 import time
+import types
 
 import pytest
 from aiohttp import ClientSession
@@ -49,16 +50,29 @@ def live(kind: type) -> int:
     return sum(isinstance(o, kind) for o in gc.get_objects())
 
 
+def describe(obj: object) -> str:
+    """A short, always-safe description (some objects' repr raises, e.g. torch storages)."""
+    kind = type(obj).__qualname__
+    if isinstance(obj, dict):
+        return f"dict{sorted(map(str, obj))[:8]}"
+    if isinstance(obj, types.FrameType):
+        return f"frame {obj.f_code.co_qualname} {obj.f_code.co_filename}:{obj.f_lineno}"
+    if isinstance(obj, types.FunctionType | types.MethodType):
+        return f"{kind} {getattr(obj, '__qualname__', '?')}"
+    return kind
+
+
 def holders(kind: type) -> list[str]:
     """What still refers to each live `kind` (two levels), so a failure names the leak."""
     gc.collect()
     found = []
-    for obj in (o for o in gc.get_objects() if isinstance(o, kind)):
+    everything = gc.get_objects()
+    for obj in (o for o in everything if isinstance(o, kind)):
         for ref in gc.get_referrers(obj):
-            if isinstance(ref, list) and ref and ref[0] is obj and len(ref) > 1000:
-                continue  # gc.get_objects()' own list
-            outer = [type(r).__qualname__ for r in gc.get_referrers(ref)][:6]
-            found.append(f"{type(ref).__qualname__} {str(ref)[:160]!r} <- {outer}")
+            if ref is everything:
+                continue
+            outer = [describe(r) for r in gc.get_referrers(ref) if r is not everything][:6]
+            found.append(f"{describe(ref)} <- {outer}")
     return found
 
 
@@ -81,6 +95,10 @@ async def wait_empty(registry, timeout: float = 20.0) -> None:
 
 
 async def test_sequential_and_concurrent_sessions_leave_nothing_behind(preview_server):
+    # Counted against what earlier tests left: aiohttp's middleware lru_cache keeps their
+    # Applications (and through them their engines) alive in one pytest process.
+    kinds = (Session, EngineSession, FrameIn, FrameOut)
+    before = {kind: live(kind) for kind in kinds}
     clip = ping_pong(davis_clip("blackswan"))
     # Offers come far faster than a person's (one address, dozens a minute): no offer rate limit.
     srv, base = await preview_server(max_sessions=CONCURRENCY + 1, offer_rate_per_min=0)
@@ -118,8 +136,8 @@ async def test_sequential_and_concurrent_sessions_leave_nothing_behind(preview_s
     assert sessions >= 12 and frames >= sessions * 5
     assert len(registry) == 0 and engine._sessions == {} and engine.healthy
     # Nothing holds a finished session, nor a frame of one (slots emptied).
-    for kind in (Session, EngineSession, FrameIn, FrameOut):
-        assert live(kind) == 0, f"{live(kind)} {kind.__name__} held by {holders(kind)}"
+    for kind in kinds:
+        assert live(kind) <= before[kind], f"{live(kind)} {kind.__name__} held by {holders(kind)}"
     assert after["fds"] <= baseline["fds"] + FD_SLACK
     assert after["threads"] <= baseline["threads"] + THREAD_SLACK
     assert after["native_threads"] <= baseline["native_threads"] + THREAD_SLACK
