@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from pipeline.preview import fit_square
@@ -39,8 +40,6 @@ def align(source: np.ndarray, output: np.ndarray) -> np.ndarray:
     h, w = output.shape[:2]
     if h == w:
         return fit_square(source, h)
-    import cv2
-
     return cv2.resize(source, (w, h), interpolation=cv2.INTER_AREA)
 
 

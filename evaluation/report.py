@@ -37,6 +37,10 @@ def _clean(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else round(float(value), 6)
 
 
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def _mean(values: list[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return _clean(float(np.mean(kept))) if kept else None
@@ -136,8 +140,8 @@ def flags(report: dict[str, Any]) -> list[str]:
     sobel, hf = s["sobel_ratio"], s["hf_ratio"]
     if (sobel is not None and sobel < BLURRY_SOBEL) or (hf is not None and hf < BLURRY_HF):
         out.append(
-            f"blurrier than the input: Sobel ratio {sobel:.2f} (flag below {BLURRY_SOBEL}), high-frequency ratio "
-            f"{hf:.2f} (flag below {BLURRY_HF}); a low warp error may only mean less detail"
+            f"blurrier than the input: Sobel ratio {_shown(sobel)} (flag below {BLURRY_SOBEL}), high-frequency "
+            f"ratio {_shown(hf)} (flag below {BLURRY_HF}); a low warp error may only mean less detail"
         )
     if s["warp_ratio"] is not None and s["warp_ratio"] > FLICKERY:
         errors = report["per_frame"]["warp_error"]

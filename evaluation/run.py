@@ -30,7 +30,8 @@ def run(config: EvalConfig) -> str:
 
 
 def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=_-]+", "_", label)
+    """A file name for a setting's label: "text-refresh=1 seed=2" -> "text-refresh_1_seed_2"."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", label)
 
 
 def _sweep(config: EvalConfig) -> str:
@@ -42,6 +43,8 @@ def _sweep(config: EvalConfig) -> str:
 
     # Every setting's engine resolves (model, device, stack) before the first one runs.
     specs = [(label, resolve_engine(engine)) for label, engine in config.sweep]
+    if specs[0][1].info.kind == "preview":
+        log.warning("the preview engine ignores the grid's settings: every run stylizes alike (--engine diffusion)")
     source = config.input
     if config.max_frames is not None:
         source = trim(config.input, config.out_dir / "input.mp4", config.max_frames)
@@ -69,7 +72,7 @@ def _sweep(config: EvalConfig) -> str:
                 total_hint=total,
             )
             report = evaluate(source, video, cut_threshold=config.cut_threshold)
-            write_json(report, config.out_dir / f"{_slug(label)}.json")
+            report_path = write_json(report, config.out_dir / f"{_slug(label)}.json")
             rows.append(
                 {
                     "label": label,
@@ -78,6 +81,7 @@ def _sweep(config: EvalConfig) -> str:
                     "frames": result.frames,
                     "seconds": round(result.seconds, 3),
                     "video": str(video),
+                    "report": str(report_path),
                     "summary": report["summary"],
                 }
             )
