@@ -2,7 +2,7 @@
 # Create or update the project's virtual environment (.venv) with what a mode needs.
 #   scripts/setup.sh serve   runtime (+ the diffusion stack when an NVIDIA GPU is present,
 #                            or when LIVESTYLE_WITH_DIFFUSION=1)
-#   scripts/setup.sh test    runtime + diffusion stack (CPU use) + test tools
+#   scripts/setup.sh test    runtime + diffusion stack (CPU use) + test tools + eval (matplotlib, scikit-image)
 # Idempotent and quiet: does nothing when the environment already has what the mode needs
 # for this pyproject.toml (an environment set up for `test` also serves).
 set -euo pipefail
@@ -21,7 +21,7 @@ case "$mode" in
     if [ "${LIVESTYLE_WITH_DIFFUSION:-}" = 1 ] || command -v nvidia-smi >/dev/null 2>&1; then
       extras="$extras,diffusion"; with_torch=1
     fi ;;
-  test) extras="$extras,diffusion,dev"; with_torch=1 ;;
+  test) extras="$extras,diffusion,dev,eval"; with_torch=1 ;;
   *) echo "usage: $0 serve|test" >&2; exit 2 ;;
 esac
 

@@ -14,7 +14,14 @@ from aiohttp import web
 
 from pipeline.config import ConfigError
 from server import tls
-from server.config import ServerConfig, StylizeConfig, load_bench_config, load_config, load_stylize_config
+from server.config import (
+    ServerConfig,
+    StylizeConfig,
+    load_bench_config,
+    load_config,
+    load_eval_config,
+    load_stylize_config,
+)
 
 log = logging.getLogger("livestyle")
 
@@ -23,6 +30,7 @@ USAGE = """usage: livestyle <command> [options]
 commands:
   serve     run the WebRTC stylization server (livestyle serve --help)
   stylize   stylize a video file: livestyle stylize IN.mp4 OUT.mp4 --prompt "..." (--help)
+  eval      quality metrics of a stylized video: livestyle eval IN.mp4 STYLIZED.mp4 (--sweep: over settings)
   bench     benchmark the engine on this machine's GPU, write bench/results/*.json (--help)
 """
 
@@ -160,10 +168,17 @@ def bench(config: Any) -> None:
     log.info("results written to %s", path)
 
 
+def evaluate(config: Any) -> None:
+    from evaluation.run import run
+
+    print(run(config))
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], Any], Callable[[Any], None]]] = {
     "serve": (load_config, serve),
     "stylize": (load_stylize_config, stylize),
     "bench": (load_bench_config, bench),
+    "eval": (load_eval_config, evaluate),
 }
 
 

@@ -719,3 +719,62 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
     )
     config.engine_config()  # size, buckets and batch fit together (ConfigError naming the values)
     return config
+
+
+def load_eval_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Any:
+    """`livestyle eval`: metric settings; with --sweep also the engine options and the grid."""
+    from evaluation.config import EvalConfig
+    from evaluation.sweep import SETTINGS, default_grid, grid_configs
+
+    env = os.environ if environ is None else environ
+    p = argparse.ArgumentParser(
+        prog="livestyle eval",
+        description="Temporal consistency, sharpness and edit strength of a stylized video against its input "
+        "(table, eval.json, per_frame.png); --sweep stylizes INPUT over a grid of settings and plots quality vs fps.",
+    )
+    p.add_argument("input", type=Path, help="the original video")
+    p.add_argument("stylized", type=Path, nargs="?", help="its stylized version (not with --sweep)")
+    p.add_argument("--out", type=Path, help="report folder (default: STYLIZED.eval/ or INPUT.sweep/ beside the video)")
+    p.add_argument("--max-frames", type=int, help="compare (with --sweep: stylize) only the first N frames")
+    p.add_argument(
+        "--cut-threshold",
+        type=float,
+        default=DiffusionConfig().scene_cut_threshold,
+        help="histogram distance counted as a scene cut (default: %(default)s, the engine's)",
+    )
+    p.add_argument("--sweep", action="store_true", help="stylize INPUT once per --grid setting, then evaluate each")
+    p.add_argument(
+        "--grid",
+        action="append",
+        help=f"with --sweep, repeatable: NAME=V1,V2,... with NAME one of {', '.join(SETTINGS)} "
+        "(default: text-refresh=1,8, plus lllite-refresh=1,8 and adapter-strength=0.5,1.0 with --lllite)",
+    )
+    p.add_argument("--prompt", help="with --sweep: the style prompt of every run")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="logging level (default: info)")
+    add_engine_arguments(p)
+    args = p.parse_args(list(argv))
+    engine_flags = [
+        f"--{d.replace('_', '-')}" for d in (*_ENGINE_FIELDS, *_DIFFUSION_FIELDS) if getattr(args, d) is not None
+    ]
+    if not args.sweep:
+        given = engine_flags + [f for f, v in (("--grid", args.grid), ("--prompt", args.prompt)) if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: used only with --sweep; add --sweep or leave it out")
+    sweep: list[tuple[str, EngineConfig]] = []
+    if args.sweep:
+        base = engine_config(args, env)
+        sweep = grid_configs(base, args.grid or default_grid(base))
+    out = args.out
+    if out is None:
+        beside = args.input if args.sweep or args.stylized is None else args.stylized
+        out = beside.with_name(f"{beside.stem}.{'sweep' if args.sweep else 'eval'}")
+    return EvalConfig(
+        input=args.input,
+        stylized=args.stylized,
+        out_dir=out,
+        max_frames=args.max_frames,
+        cut_threshold=args.cut_threshold,
+        sweep=tuple(sweep),
+        prompt=(args.prompt or "").strip(),
+        log_level=args.log_level,
+    )
