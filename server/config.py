@@ -483,31 +483,38 @@ def _build_parser() -> argparse.ArgumentParser:
 def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     d = ClusterConfig()
     g = p.add_argument_group("fleet (one pod per GPU; see deploy/kubernetes)")
-    g.add_argument("--pod-name", help="this pod's name, put into watch links and WHIP URLs (LIVESTYLE_POD_NAME)")
+    g.add_argument(
+        "--pod-name", help="this pod's name, put into watch links and WHIP URLs (default: none; env LIVESTYLE_POD_NAME)"
+    )
     g.add_argument(
         "--peer-url-template",
         help="base URL of a peer pod with {pod} for its name, e.g. http://{pod}.livestyle-headless:8080 "
-        "(LIVESTYLE_PEER_URL_TEMPLATE; default: none = no forwarding)",
+        "(default: none = no forwarding; env LIVESTYLE_PEER_URL_TEMPLATE)",
     )
     g.add_argument(
         "--peer",
         action="append",
-        help="NAME=URL of a peer pod, repeatable; overrides the template (LIVESTYLE_PEERS, comma-separated)",
+        help="NAME=URL of a peer pod, repeatable; overrides the template (default: none; env LIVESTYLE_PEERS, "
+        "comma-separated)",
     )
-    g.add_argument("--peer-secret", help="secret shared by the pods for forwarded requests (LIVESTYLE_PEER_SECRET)")
+    g.add_argument(
+        "--peer-secret",
+        help="secret shared by the pods for forwarded requests (default: none; env LIVESTYLE_PEER_SECRET)",
+    )
     g.add_argument(
         "--forward-timeout",
         type=float,
-        help=f"seconds a forwarded request may take (LIVESTYLE_FORWARD_TIMEOUT, default {d.forward_timeout_s:g})",
+        help=f"seconds a forwarded request may take (default: {d.forward_timeout_s:g}; env LIVESTYLE_FORWARD_TIMEOUT)",
     )
     g.add_argument(
         "--drain-grace",
         type=float,
         help="seconds live sessions keep running after a drain starts before they are told to move "
-        f"(LIVESTYLE_DRAIN_GRACE, default {d.drain_grace_s:g})",
+        f"(default: {d.drain_grace_s:g}; env LIVESTYLE_DRAIN_GRACE)",
     )
     g.add_argument(
-        "--admin-token", help="bearer token for POST /admin/drain (LIVESTYLE_ADMIN_TOKEN; default: none = off)"
+        "--admin-token",
+        help="bearer token for POST /admin/drain (default: none = the endpoint is off; env LIVESTYLE_ADMIN_TOKEN)",
     )
 
 
