@@ -82,8 +82,11 @@ async def forward_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await _forward(request, base, owner)
     except HttpError as exc:
-        if exc.status == 404 and request.path.startswith("/watch/"):
+        if exc.status != 404:
+            raise
+        if request.path.startswith("/watch/"):
             return await handler(request)  # the watch page itself, which explains the ended link
+        request.app[GATE].failed(request, "a link to a pod that is gone")  # dead links cost, as locally
         raise
 
 

@@ -32,21 +32,30 @@ class FakePeer:
 
 
 @pytest.fixture
-async def pods(preview_server):
+async def fake_peer():
     peer = FakePeer()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", peer.handle)
     fake = TestServer(app)
     await fake.start_server()
-    cluster = ClusterConfig(
+    yield peer, str(fake.make_url("")).rstrip("/")
+    await fake.close()
+
+
+def fleet_of_two(peer_url: str) -> ClusterConfig:
+    return ClusterConfig(
         pod_name="ls-0",
-        peers=(("ls-1", str(fake.make_url("")).rstrip("/")), ("ls-9", "http://127.0.0.1:9")),
+        peers=(("ls-1", peer_url), ("ls-9", "http://127.0.0.1:9")),
         peer_secret=SECRET,
         forward_timeout_s=0.5,
     )
-    _srv, base = await preview_server(cluster=cluster, offer_rate_per_min=60, offer_burst=2)
-    yield base, peer
-    await fake.close()
+
+
+@pytest.fixture
+async def pods(preview_server, fake_peer):
+    peer, url = fake_peer
+    _srv, base = await preview_server(cluster=fleet_of_two(url), offer_rate_per_min=60, offer_burst=2)
+    return base, peer
 
 
 @pytest.mark.server
@@ -87,6 +96,26 @@ async def test_a_foreign_pods_request_is_forwarded_once_with_bounded_headers(pod
             assert resp.status == 404 and "ended" in body["error"]["message"] and "ls-9" in body["error"]["message"]
         async with http.get(f"{base}/watch/ls-9.tok") as resp:
             assert resp.status == 404 and "livestyle" in await resp.text()
+        statuses = []
+        for _ in range(3):  # dead links cost from the address's allowance (burst 2), as local ones do
+            async with http.delete(f"{base}/whip/ls-9.abc") as resp:
+                statuses.append(resp.status)
+        assert statuses[-1] == 429, statuses
+
+
+@pytest.mark.server
+async def test_a_viewer_asks_the_owner_pod_for_turn_credentials(preview_server, fake_peer):
+    """With access tokens on, a watch link is a viewer's credential for TURN: only its owner can tell."""
+    peer, url = fake_peer
+    token = "access-token-0123456789"
+    _srv, base = await preview_server(cluster=fleet_of_two(url), auth_tokens=(token,))
+    async with ClientSession() as http:
+        async with http.get(f"{base}/api/ice-servers", headers={"Authorization": "Bearer ls-1.watch"}) as resp:
+            assert resp.status == 201  # the fake's answer: forwarded
+        assert peer.seen[-1][1] == "/api/ice-servers" and peer.seen[-1][2]["Authorization"] == "Bearer ls-1.watch"
+        async with http.get(f"{base}/api/ice-servers", headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200  # an access token: answered here
+        assert len(peer.seen) == 1
 
 
 @pytest.mark.server
