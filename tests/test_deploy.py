@@ -61,6 +61,10 @@ def one(kind: str, name: str | None = None) -> dict[str, Any]:
     return found[0]
 
 
+def server_routes() -> set[str]:
+    return {r.canonical for r in create_app(ServerConfig(engine=EngineConfig(kind="preview"))).router.resources()}
+
+
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
@@ -106,12 +110,12 @@ def test_the_statefulset_matches_the_server_and_the_services():
     sts = one("StatefulSet")
     (container,) = sts["spec"]["template"]["spec"]["containers"]
     env = env_of(container)
-    headless, service = one("Service", "livestyle-headless"), one("Service", "livestyle")
+    headless, service, anyone = (one("Service", n) for n in ("livestyle-headless", "livestyle", "livestyle-all"))
 
     # Ports: the container's, the server's setting and both Services agree.
     (port,) = container["ports"]
     assert port["name"] == "http" and port["containerPort"] == int(env["LIVESTYLE_PORT"]) == 8080
-    for svc in (headless, service):
+    for svc in (headless, service, anyone):
         assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
         assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8080, "http")]
     assert sts["spec"]["serviceName"] == headless["metadata"]["name"] and headless["spec"]["clusterIP"] == "None"
@@ -120,7 +124,7 @@ def test_the_statefulset_matches_the_server_and_the_services():
     assert all(labels.get(k) == v for k, v in sts["spec"]["selector"]["matchLabels"].items())
 
     # Probes and the preStop hook name routes the server has.
-    routes = {r.canonical for r in create_app(ServerConfig(engine=EngineConfig(kind="preview"))).router.resources()}
+    routes = server_routes()
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == container["startupProbe"]["httpGet"]["path"] == "/readyz"
     assert {"/healthz", "/readyz", "/admin/drain", "/metrics"} <= routes
@@ -200,12 +204,22 @@ def test_stunner_hpa_monitoring_and_ingress_point_at_the_right_things():
     monitor, headless = one("ServiceMonitor"), one("Service", "livestyle-headless")
     selected = monitor["spec"]["selector"]["matchLabels"]
     assert all(headless["metadata"]["labels"].get(k) == v for k, v in selected.items())
-    assert not all(one("Service", "livestyle")["metadata"]["labels"].get(k) == v for k, v in selected.items())
+    for other in ("livestyle", "livestyle-all"):  # each pod scraped once
+        assert not all(one("Service", other)["metadata"]["labels"].get(k) == v for k, v in selected.items())
     assert monitor["spec"]["endpoints"][0]["port"] == headless["spec"]["ports"][0]["name"]
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 
+    # New sessions only to ready pods; everything else (viewers, WHIP resources, the page) to any pod.
     ingress = one("Ingress")
-    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert backend == {"name": "livestyle", "port": {"name": "http"}} and ingress["spec"]["tls"]
+    assert ingress["spec"]["tls"]
+    routes = {(p["path"], p["pathType"]): p["backend"]["service"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+    ready, anyone = one("Service", "livestyle"), one("Service", "livestyle-all")
+    assert "publishNotReadyAddresses" not in ready["spec"] and anyone["spec"]["publishNotReadyAddresses"] is True
+    assert routes == {
+        ("/offer", "Exact"): {"name": "livestyle", "port": {"name": "http"}},
+        ("/whip", "Exact"): {"name": "livestyle", "port": {"name": "http"}},
+        ("/", "Prefix"): {"name": "livestyle-all", "port": {"name": "http"}},
+    }
+    assert {"/offer", "/whip"} <= server_routes()
     pdb = one("PodDisruptionBudget")
     assert pdb["spec"]["selector"] == one("StatefulSet")["spec"]["selector"]
