@@ -4,9 +4,12 @@ each other and with the server (ports, probe paths, env names, metric names, sec
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,8 @@ import pytest
 import yaml
 
 from pipeline.config import EngineConfig
-from server.app import create_app
-from server.config import ServerConfig, load_config
+from server.app import REGISTRY, create_app
+from server.config import ClusterConfig, ServerConfig, load_config
 
 pytestmark = pytest.mark.deploy
 
@@ -132,7 +135,10 @@ def test_the_statefulset_matches_the_server_and_the_services():
         assert container[probe]["httpGet"]["port"] == "http"
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # a cold start compiles for minutes
-    pre_stop = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:2] == ["python", "-c"]
+    compile(command[2], "preStop", "exec")  # the hook's program is valid Python (the image has no curl)
+    pre_stop = " ".join(command)
     assert "127.0.0.1:8080/admin/drain?wait=1" in pre_stop and "LIVESTYLE_ADMIN_TOKEN" in pre_stop
     timeout = int(re.search(r"timeout=(\d+)", pre_stop)[1])
     grace = float(env["LIVESTYLE_DRAIN_GRACE"])
@@ -223,3 +229,23 @@ def test_stunner_hpa_monitoring_and_ingress_point_at_the_right_things():
     assert {"/offer", "/whip"} <= server_routes()
     pdb = one("PodDisruptionBudget")
     assert pdb["spec"]["selector"] == one("StatefulSet")["spec"]["selector"]
+
+
+async def test_the_prestop_hook_drains_a_real_server(preview_server):
+    """The StatefulSet's preStop program, run as the kubelet would (pointed at a test server):
+    it returns once the server has drained, and fails loudly with a wrong token."""
+    (container,) = one("StatefulSet")["spec"]["template"]["spec"]["containers"]
+    admin = "admin-token-0123456789"
+    srv, base = await preview_server(cluster=ClusterConfig(admin_token=admin, drain_grace_s=0))
+    program = container["lifecycle"]["preStop"]["exec"]["command"][2].replace("127.0.0.1:8080", base[len("http://") :])
+
+    async def run(token: str) -> int:
+        env = {**os.environ, "LIVESTYLE_ADMIN_TOKEN": token}
+        quiet = asyncio.subprocess.DEVNULL
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", program, env=env, stderr=quiet)
+        return await asyncio.wait_for(proc.wait(), 60)
+
+    assert await run("wrong-token-0123456789") != 0
+    assert not srv.app[REGISTRY].draining
+    assert await run(admin) == 0
+    assert srv.app[REGISTRY].draining
