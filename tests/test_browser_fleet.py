@@ -64,6 +64,22 @@ def test_an_offer_refused_as_full_is_retried_before_the_page_says_so(browser: Br
         kind = live.page.evaluate("document.getElementById('message').dataset.kind")
         assert kind == "", kind  # never said "full"
         print(f"\nfleet: connected after {rejected(server):.0f} refused offers")
+        result = live.page.evaluate(
+            """async () => {
+              const { offerRetryDelayMs, OFFER_RETRIES } = await import('/static/js/reconnect.js');
+              const { offerError } = await import('/static/js/errors.js');
+              const many = (n) => Array.from({ length: 200 }, () => offerRetryDelayMs(n));
+              const draining = offerError(503, { error: { code: 'server_draining', message: 'm' } }, '2');
+              const engine = offerError(503, { error: { code: 'engine_unavailable', message: 'm' } }, null);
+              return { delays: [0, 1, 2].map(many), retries: OFFER_RETRIES,
+                       draining: [draining.kind, draining.busy, draining.retryAfterS], engineBusy: engine.busy };
+            }"""
+        )
+        for n, delays in enumerate(result["delays"]):
+            assert 250 * 2**n <= min(delays) and max(delays) <= 500 * 2**n and len(set(delays)) > 50, n
+        # All retries together stay well inside the page's 12 s connect timeout.
+        assert sum(500 * 2**n for n in range(result["retries"])) < 6000
+        assert result["draining"] == ["server-full", True, 2] and result["engineBusy"] is False
     finally:
         live.page.context.close()
         server.stop()
