@@ -192,12 +192,15 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def admin_drain(request: web.Request) -> web.Response:
-    """POST /admin/drain (Authorization: Bearer ADMIN_TOKEN) starts the drain; ?wait=1 answers
-    once it has finished (a preStop hook waits on it), else at once with 202."""
+    """POST /admin/drain (Authorization: Bearer ADMIN_TOKEN, from this host only) starts the
+    drain; ?wait=1 answers once it has finished (a preStop hook waits on it), else at once
+    with 202."""
     cluster = request.app[CONFIG].cluster
     if cluster.admin_token is None:
         off = "the admin endpoints are off; start with --admin-token (LIVESTYLE_ADMIN_TOKEN)"
         raise HttpError(404, "not_found", off)
+    if not _local(request.remote):  # the Ingress reaches every route: keep this one to the pod itself
+        raise HttpError(403, "forbidden", "the admin endpoints answer requests from this host only (kubectl exec)")
     gate = request.app[GATE]
     credential = bearer(request)
     if credential is None or not hmac.compare_digest(credential.encode(errors="replace"), cluster.admin_token.encode()):
@@ -210,6 +213,13 @@ async def admin_drain(request: web.Request) -> web.Response:
         done = await drainer.wait(drainer.grace_s + 10 * DRAIN_NOTICE_S)
     body = {"draining": True, "done": done, "sessions": len(drainer.registry), "grace_s": drainer.grace_s}
     return web.json_response(body, status=200 if done else 202)
+
+
+def _local(remote: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(remote or "").is_loopback
+    except ValueError:
+        return False
 
 
 def add_routes(app: web.Application) -> None:

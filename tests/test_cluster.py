@@ -48,6 +48,7 @@ def fleet_of_two(peer_url: str) -> ClusterConfig:
         peers=(("ls-1", peer_url), ("ls-9", "http://127.0.0.1:9")),
         peer_secret=SECRET,
         forward_timeout_s=0.5,
+        admin_token="admin-token-0123456789",
     )
 
 
@@ -134,6 +135,10 @@ async def test_forwarded_requests_count_as_their_client_only_with_the_peer_secre
             async with http.get(f"{base}/watch/ls-0.nope", headers=headers) as resp:
                 statuses.append(resp.status)
         assert 429 in statuses
+        # The admin endpoint is for the pod itself (its preStop hook), not for what the Ingress brings.
+        headers = {FORWARDED: "ls-1", CLIENT: "203.0.113.50", PEER_SECRET: SECRET}
+        async with http.post(f"{base}/admin/drain", headers=headers) as resp:
+            assert resp.status == 403 and "this host only" in (await resp.json())["error"]["message"]
 
 
 @pytest.mark.server
