@@ -15,9 +15,12 @@ from pipeline.client import EngineClient, EngineSpec
 from pipeline.engines import resolve_engine
 from server.access import AccessGate, AccessPolicy, RateLimiter
 from server.bodies import body_middleware, read_json
+from server.cluster import add_routes as add_cluster_routes
+from server.cluster import forward_middleware, peer_client_middleware, peer_http
 from server.config import ServerConfig
+from server.drain import Drainer
 from server.errors import BadRequest, Handler, HttpServerLog, error_middleware
-from server.keys import CONFIG, ENGINE, ENGINE_SPEC, GATE, MAX_BODY, METRICS, REGISTRY
+from server.keys import CONFIG, DRAINER, ENGINE, ENGINE_SPEC, GATE, MAX_BODY, METRICS, REGISTRY
 from server.metrics import build_registry
 from server.sharing import add_routes as add_sharing_routes
 from server.sharing import cors_middleware, ice_server_list
@@ -38,13 +41,16 @@ def create_app(config: ServerConfig, engine_spec: EngineSpec | None = None) -> w
     """engine_spec: what engine to run; by default resolved from config.engine (tests
     pass fakes here)."""
     # Outermost first: CORS sees every answer, the error mapping sees the body reader's errors.
-    middlewares = [cors_middleware, error_middleware, body_middleware]
+    # The forwarder last: it sees the body read and its errors mapped like any route's.
+    middlewares = [cors_middleware, error_middleware, peer_client_middleware, body_middleware, forward_middleware]
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
     app[MAX_BODY] = config.max_body_bytes
     app[ENGINE_SPEC] = engine_spec if engine_spec is not None else resolve_engine(config.engine)
     app[GATE] = AccessGate(AccessPolicy(config.auth_tokens), RateLimiter(config.offer_rate_per_min, config.offer_burst))
     app.cleanup_ctx.append(_engine_and_sessions)
+    if config.cluster.forwarding:
+        app.cleanup_ctx.append(peer_http)
     app.router.add_get("/", index)
     app.router.add_get("/favicon.ico", favicon)
     app.router.add_post("/offer", offer)
@@ -52,6 +58,7 @@ def create_app(config: ServerConfig, engine_spec: EngineSpec | None = None) -> w
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/config", client_config)
     add_sharing_routes(app)
+    add_cluster_routes(app)
     app.router.add_get("/static/{name:.+}", _static_files())
     app.router.add_post("/session/{session_id}/close", close_session)
     return app
@@ -93,12 +100,15 @@ async def _engine_and_sessions(app: web.Application) -> AsyncIterator[None]:
         ice_servers=config.ice_servers,
         max_viewers=config.max_viewers,
         watch_ttl_s=config.watch_ttl_s,
+        id_prefix=f"{config.cluster.pod_name}." if config.cluster.pod_name else "",
     )
     app[ENGINE] = engine
     app[REGISTRY] = registry
+    app[DRAINER] = drainer = Drainer(registry, config.cluster.drain_grace_s)
     app[METRICS] = build_registry(engine, registry)
     yield
     # Order matters: peers first (they feed the engine), then the engine thread.
+    await drainer.aclose()
     await registry.aclose()
     await engine.aclose()
 

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,80 @@ from server.turn import TurnConfig
 from signaling.ice import IceServer
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+POD_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+"""A pod name as a StatefulSet makes them (a DNS label): it becomes part of ids and host names."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Running as one pod of a fleet (Kubernetes StatefulSet). All off by default: a single
+    server ignores every field but the drain ones."""
+
+    pod_name: str | None = None
+    """This server's pod name; it prefixes session ids and watch tokens so links name their owner."""
+    peer_url_template: str | None = None
+    """Base URL of a peer pod, with {pod} for its name (the StatefulSet's headless Service), e.g.
+    http://{pod}.livestyle-headless:8080. Requests for another pod's streams are forwarded there."""
+    peers: tuple[tuple[str, str], ...] = ()
+    """(pod name, base URL) pairs that override the template (a fixed fleet, or a test's stand-in
+    for the headless Service's DNS)."""
+    peer_secret: str | None = field(default=None, repr=False)
+    """Shared by the pods: a forwarded request carrying it may name the original client's
+    address (for the rate limits); without it, forwarded requests count as the forwarding pod's."""
+    forward_timeout_s: float = 5.0
+    """Longest a forwarded request may take in all (connect, send, answer)."""
+    drain_grace_s: float = 30.0
+    """After a drain starts, how long live sessions keep running before they are told to move."""
+    admin_token: str | None = field(default=None, repr=False)
+    """Bearer token for POST /admin/drain; none = the admin endpoint is off."""
+
+    def __post_init__(self) -> None:
+        names = [self.pod_name] if self.pod_name is not None else []
+        for name in [*names, *(pod for pod, _ in self.peers)]:
+            if not POD_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"pod name {name[:70]!r} is not allowed; use a DNS label: a-z, 0-9 and '-', at most 63 "
+                    "(--pod-name, LIVESTYLE_POD_NAME; --peer NAME=URL)"
+                )
+        if self.peer_url_template is not None and "{pod}" not in self.peer_url_template:
+            raise ConfigError(
+                f"peer URL template {self.peer_url_template[:80]!r} has no {{pod}}; e.g. "
+                "http://{pod}.livestyle-headless:8080 (--peer-url-template)"
+            )
+        for url in [self.peer_url_template or "", *(u for _, u in self.peers)]:
+            if url and urlparse(url.replace("{pod}", "pod")).scheme not in ("http", "https"):
+                raise ConfigError(
+                    f"peer URL {url[:80]!r} is not allowed; use http:// or https:// (--peer, --peer-url-template)"
+                )
+        if (self.peer_url_template or self.peers) and self.pod_name is None:
+            raise ConfigError("forwarding to peers needs this server's own --pod-name (LIVESTYLE_POD_NAME)")
+        if not 0.5 <= self.forward_timeout_s <= 60:
+            raise ConfigError(
+                f"forward timeout {self.forward_timeout_s} s is not allowed; use 0.5..60 (--forward-timeout)"
+            )
+        if not 0 <= self.drain_grace_s <= 24 * 3600:
+            raise ConfigError(f"drain grace {self.drain_grace_s} s is not allowed; use 0..86400 (--drain-grace)")
+        for secret, flag in ((self.admin_token, "--admin-token"), (self.peer_secret, "--peer-secret")):
+            if secret is not None and len(secret) < 16:
+                raise ConfigError(f"{flag} must have at least 16 characters (use a random string)")
+
+    @property
+    def forwarding(self) -> bool:
+        return self.pod_name is not None and bool(self.peer_url_template or self.peers)
+
+    def peer_url(self, pod: str) -> str | None:
+        """Where pod `pod` answers, or None when it cannot be one of this fleet's pods: a named
+        peer, or (with the template) a sibling of this pod in the same StatefulSet
+        (NAME-<ordinal>), so a forged link cannot send requests to arbitrary host names."""
+        named = dict(self.peers)
+        if pod in named:
+            return named[pod].rstrip("/")
+        if self.peer_url_template is None or self.pod_name is None:
+            return None
+        stem = self.pod_name.rpartition("-")[0]
+        if not (stem and re.fullmatch(re.escape(stem) + r"-[0-9]{1,5}", pod)):
+            return None
+        return self.peer_url_template.replace("{pod}", pod).rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -99,6 +174,8 @@ class ServerConfig:
     """Control-channel messages a session may send per second; more get `rate_limited` and are dropped."""
     control_burst: int = 40
     """Control-channel messages a session may send at once before control_rate applies."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Pod identity, forwarding to peer pods and draining (fleet use; off by default)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -399,7 +476,61 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add_engine_arguments(p)
     _add_runtime_arguments(p)
+    _add_cluster_arguments(p)
     return p
+
+
+def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    d = ClusterConfig()
+    g = p.add_argument_group("fleet (one pod per GPU; see deploy/kubernetes)")
+    g.add_argument(
+        "--pod-name", help="this pod's name, put into watch links and WHIP URLs (default: none; env LIVESTYLE_POD_NAME)"
+    )
+    g.add_argument(
+        "--peer-url-template",
+        help="base URL of a peer pod with {pod} for its name, e.g. http://{pod}.livestyle-headless:8080 "
+        "(default: none = no forwarding; env LIVESTYLE_PEER_URL_TEMPLATE)",
+    )
+    g.add_argument(
+        "--peer",
+        action="append",
+        help="NAME=URL of a peer pod, repeatable; overrides the template (default: none; env LIVESTYLE_PEERS, "
+        "comma-separated)",
+    )
+    g.add_argument(
+        "--peer-secret",
+        help="secret shared by the pods for forwarded requests (default: none; env LIVESTYLE_PEER_SECRET)",
+    )
+    g.add_argument(
+        "--forward-timeout",
+        type=float,
+        help=f"seconds a forwarded request may take (default: {d.forward_timeout_s:g}; env LIVESTYLE_FORWARD_TIMEOUT)",
+    )
+    g.add_argument(
+        "--drain-grace",
+        type=float,
+        help="seconds live sessions keep running after a drain starts before they are told to move "
+        f"(default: {d.drain_grace_s:g}; env LIVESTYLE_DRAIN_GRACE)",
+    )
+    g.add_argument(
+        "--admin-token",
+        help="bearer token for POST /admin/drain (default: none = the endpoint is off; env LIVESTYLE_ADMIN_TOKEN)",
+    )
+
+
+def _peer(text: str) -> tuple[str, str]:
+    name, sep, url = text.strip().partition("=")
+    if not sep or not name or not url:
+        raise ConfigError(f"peer {text[:80]!r} is not NAME=URL, e.g. livestyle-1=http://10.0.0.7:8080 (--peer)")
+    return name.strip(), url.strip()
+
+
+def cluster_config(args: argparse.Namespace, env: Mapping[str, str]) -> ClusterConfig:
+    values = _collect(args, env, _CLUSTER_FIELDS)
+    peers = args.peer or [p for p in env.get("LIVESTYLE_PEERS", "").split(",") if p.strip()]
+    if peers:
+        values["peers"] = tuple(_peer(p) for p in peers)
+    return ClusterConfig(**values)  # type: ignore[arg-type]
 
 
 def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
@@ -486,6 +617,14 @@ _DIFFUSION_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "compile_cache": ("LIVESTYLE_COMPILE_CACHE", _optional_path, "compile_cache_dir"),
 }
 
+_CLUSTER_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "pod_name": ("LIVESTYLE_POD_NAME", str, "pod_name"),
+    "peer_url_template": ("LIVESTYLE_PEER_URL_TEMPLATE", str, "peer_url_template"),
+    "peer_secret": ("LIVESTYLE_PEER_SECRET", str, "peer_secret"),
+    "forward_timeout": ("LIVESTYLE_FORWARD_TIMEOUT", float, "forward_timeout_s"),
+    "drain_grace": ("LIVESTYLE_DRAIN_GRACE", float, "drain_grace_s"),
+    "admin_token": ("LIVESTYLE_ADMIN_TOKEN", str, "admin_token"),
+}
 _RUNTIME_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "schedule": ("LIVESTYLE_SCHEDULE", str, "schedule"),
     "text_budget": ("LIVESTYLE_TEXT_BUDGET", int, "text_budget"),
@@ -545,6 +684,7 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -
             urls=tuple(u.strip() for u in turn_urls), secret=turn_secret, ttl_s=args.turn_ttl or 3600
         )
     values["runtime"] = RuntimeConfig(**_collect(args, env, _RUNTIME_FIELDS))  # type: ignore[arg-type]
+    values["cluster"] = cluster_config(args, env)
     return ServerConfig(engine=engine_config(args, env), **values)  # type: ignore[arg-type]
 
 

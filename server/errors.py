@@ -17,7 +17,7 @@ from pipeline.client import EngineUnavailable
 from server.access import RateLimited, Unauthorized
 from server.keys import MAX_BODY
 from signaling.protocol import ProtocolError
-from signaling.registry import BadOffer, SessionLimitReached
+from signaling.registry import BadOffer, Draining, SessionLimitReached
 from signaling.trickle import BadFragment, IceRestartUnsupported, StaleIceSession
 from signaling.viewers import ViewersFull, WatchNotFound
 
@@ -96,6 +96,8 @@ def _from_exception(request: web.Request, exc: Exception) -> web.Response | None
         return error_response(404, "not_found", str(exc))
     if isinstance(exc, ViewersFull):
         return error_response(503, "viewers_full", str(exc), {hdrs.RETRY_AFTER: "30"})
+    if isinstance(exc, Draining):  # soon: the Service's other pods take it
+        return error_response(503, "server_draining", str(exc), {hdrs.RETRY_AFTER: "2"})
     if isinstance(exc, SessionLimitReached):
         return error_response(503, "server_full", str(exc), {hdrs.RETRY_AFTER: "30"})
     if isinstance(exc, EngineUnavailable):

@@ -34,6 +34,10 @@ class LivestyleCollector(Collector):
         e, s = self.engine.stats, self.registry.stats
         yield GaugeMetricFamily("livestyle_sessions", "Open WebRTC sessions", value=len(self.registry))
         yield GaugeMetricFamily("livestyle_sessions_capacity", "max_sessions", value=self.registry.max_sessions)
+        # What an autoscaler adds pods on: 0 while warming, failed or draining (no offer lands).
+        free = self.registry.free_slots if self.engine.state == "ready" else 0
+        yield GaugeMetricFamily("livestyle_free_slots", "Sessions this server would accept now", value=free)
+        yield GaugeMetricFamily("livestyle_draining", "1 while draining before a stop", value=self.registry.draining)
         yield GaugeMetricFamily("livestyle_viewers", "Viewers of shared streams", value=self.registry.viewer_count())
         up = GaugeMetricFamily("livestyle_engine_up", "1 while the engine is healthy", labels=["kind", "state"])
         up.add_metric([self.engine.info.kind, self.engine.state], 1.0 if self.engine.healthy else 0.0)

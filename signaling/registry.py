@@ -30,6 +30,13 @@ class SessionLimitReached(Exception):
         self.limit = limit
 
 
+class Draining(Exception):
+    """The server is draining (about to stop): new sessions go to another server."""
+
+    def __init__(self) -> None:
+        super().__init__("this server is draining before it stops; connect again to reach another one")
+
+
 # One name for "this SDP offer cannot be used" across the registry and viewers.
 BadOffer = BadSdp
 
@@ -50,7 +57,10 @@ class SessionRegistry:
         stats: SignalingStats | None = None,
         max_viewers: int = 10,
         watch_ttl_s: float = 12 * 3600,
+        id_prefix: str = "",
     ) -> None:
+        """id_prefix: put in front of every session id and watch token (a pod's name and a
+        dot), so any server of a fleet can tell which one owns a link."""
         self.engine = engine
         self.max_sessions = max_sessions
         self.settings = settings
@@ -62,6 +72,9 @@ class SessionRegistry:
         self._watch: dict[str, WatchLink] = {}
         self._pending = 0  # offers being negotiated: they hold a place too
         self._closed = False
+        self.id_prefix = id_prefix
+        self.draining = False
+        """Set by a drain: offers are refused with Draining, live sessions carry on."""
         self._ended: OrderedDict[tuple[str, ...], float] = OrderedDict()
 
     def __len__(self) -> int:
@@ -77,6 +90,15 @@ class SessionRegistry:
             return None
         return session
 
+    @property
+    def free_slots(self) -> int:
+        """Sessions this server would still accept now (0 while draining)."""
+        return 0 if self.draining else max(0, self.max_sessions - len(self._sessions) - self._pending)
+
+    def sessions(self) -> list[Session]:
+        """The live sessions now (a copy: closing one while iterating is fine)."""
+        return list(self._sessions.values())
+
     def viewer_count(self) -> int:
         return sum(len(s.viewers) for s in self._sessions.values())
 
@@ -88,6 +110,9 @@ class SessionRegistry:
         SessionLimitReached or EngineUnavailable; on any failure nothing is left behind."""
         if self._closed:
             raise EngineUnavailable("the server is shutting down")
+        if self.draining:
+            self.stats.sessions_rejected.inc()
+            raise Draining()
         if not self.engine.healthy:  # say so before parsing anything: the offer cannot be served
             raise EngineUnavailable(self.engine.failure or f"engine is {self.engine.state}")
         if sdp_type != "offer":
@@ -101,7 +126,7 @@ class SessionRegistry:
             self.stats.sessions_rejected.inc()
             raise SessionLimitReached(self.max_sessions)
 
-        session_id = secrets.token_urlsafe(9)
+        session_id = self.id_prefix + secrets.token_urlsafe(9)
         engine_session = self.engine.open_session(session_id, prompt)
         self._pending += 1
         pc = RTCPeerConnection(self.rtc_configuration())
@@ -171,7 +196,7 @@ class SessionRegistry:
         """A new link for the session's stylized stream (an older one stops working)."""
         if session.watch is not None:
             self._watch.pop(session.watch.token, None)
-        link = WatchLink.new(session.id, self.watch_ttl_s)
+        link = WatchLink.new(session.id, self.watch_ttl_s, self.id_prefix)
         self._watch[link.token] = link
         session.watch = link
         session.log.info("watch link created")  # the token itself is a secret: never logged

@@ -39,9 +39,10 @@ class WatchLink:
     """time.monotonic() after which the link is dead."""
 
     @classmethod
-    def new(cls, session_id: str, ttl_s: float) -> WatchLink:
-        # 128 bits: the link is the capability, so it must not be guessable.
-        return cls(secrets.token_urlsafe(16), session_id, time.monotonic() + ttl_s)
+    def new(cls, session_id: str, ttl_s: float, prefix: str = "") -> WatchLink:
+        # 128 bits: the link is the capability, so it must not be guessable. The prefix (the
+        # owner pod's name in a fleet) only routes; it adds no secrecy.
+        return cls(prefix + secrets.token_urlsafe(16), session_id, time.monotonic() + ttl_s)
 
     @property
     def path(self) -> str:

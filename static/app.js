@@ -317,6 +317,8 @@ function handleError(msg) {
     restartingSince = performance.now();
     setConnectionState("engine restarting");
     ui.showMessage("engine-restarting", ENGINE_RESTARTING_MESSAGE);
+  } else if (code === "server_draining") {
+    retryLater(new AppError("connection", msg.message || "This server is stopping.")); // another one takes over
   } else if (code === "rate_limited") {
     ui.setPromptStatus("Too many changes at once; the last ones were dropped. Try again.", "error");
   } else if (code.startsWith("prompt")) {

@@ -30,7 +30,7 @@ from pipeline.engines import diffusion_stack_missing
 from pipeline.stats import EngineStats
 from pipeline.video_file import partial_path, stylize_file
 from server.cli import listening_lines, main
-from server.config import _DIFFUSION_FIELDS, _ENGINE_FIELDS, _SERVER_FIELDS
+from server.config import _CLUSTER_FIELDS, _DIFFUSION_FIELDS, _ENGINE_FIELDS, _SERVER_FIELDS
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
@@ -148,7 +148,7 @@ def test_a_port_in_use_names_the_flag():
 def test_every_option_shows_its_default_and_environment_variable():
     help_text = " ".join(run_cli("serve", "--help").stdout.split())  # argparse wraps lines
     help_text = help_text[help_text.index("options:") :]  # past the usage summary
-    tables = {**_SERVER_FIELDS, **_ENGINE_FIELDS, **_DIFFUSION_FIELDS}
+    tables = {**_SERVER_FIELDS, **_ENGINE_FIELDS, **_DIFFUSION_FIELDS, **_CLUSTER_FIELDS}
     for dest, (var, _cast, _field) in tables.items():
         flag = "--" + dest.replace("_", "-")
         entry = help_text[help_text.index(flag + " ") + len(flag) :]

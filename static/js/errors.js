@@ -2,13 +2,21 @@
 // tests) can tell the failure classes apart.
 
 export class AppError extends Error {
-  /** status: the HTTP status (0 when the server could not be reached); retryAfterS: its Retry-After. */
-  constructor(kind, message, { status = null, retryAfterS = null } = {}) {
+  /** status: the HTTP status (0 when the server could not be reached); retryAfterS: its
+   * Retry-After; code: the server's error code, if it sent one. */
+  constructor(kind, message, { status = null, retryAfterS = null, code = null } = {}) {
     super(message);
     this.name = "AppError";
     this.kind = kind;
     this.status = status;
     this.retryAfterS = retryAfterS;
+    this.code = code;
+  }
+
+  /** Refused for lack of room here (full, or draining before a stop): in a fleet, the next
+   * offer may well land on another server, so it is worth trying again at once. */
+  get busy() {
+    return this.status === 503 && (this.code === "server_full" || this.code === "server_draining");
   }
 
   /** Worth trying again by itself: the server was unreachable, busy, full or restarting. */
@@ -59,7 +67,7 @@ export function offerError(status, body, retryAfter = null) {
   const code = body?.error?.code ?? "";
   const message = body?.error?.message;
   const seconds = Number.parseFloat(retryAfter);
-  const details = { status, retryAfterS: Number.isFinite(seconds) ? seconds : null };
+  const details = { status, retryAfterS: Number.isFinite(seconds) ? seconds : null, code: code || null };
   if (status === 401) {
     return new AppError(
       "auth",
@@ -73,6 +81,9 @@ export function offerError(status, body, retryAfter = null) {
       "Too many attempts from this address; wait a minute and press Start again.",
       details,
     );
+  }
+  if (code === "server_draining") {
+    return new AppError("server-full", message ?? "The server is stopping. Try again in a moment.", details);
   }
   if (code === "server_full") {
     return new AppError("server-full", message ?? "The server is full. Try again in a minute.", details);

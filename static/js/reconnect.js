@@ -68,3 +68,15 @@ export function retryDelayMs(n, retryAfterS = null) {
   }
   return Math.round(delay);
 }
+
+// An offer refused as full or draining is retried this many times before the page says so:
+// behind a fleet's Service the next one may reach a server with room.
+export const OFFER_RETRIES = 3;
+const OFFER_RETRY_BASE_MS = 250;
+
+/** Milliseconds before offer retry `n` (0-based): short and jittered (250-500, 500-1000,
+ * 1000-2000 ms), so the page connects well within its connect timeout and pages refused
+ * together do not all come back together. The server's Retry-After is for reconnects. */
+export function offerRetryDelayMs(n) {
+  return Math.round(OFFER_RETRY_BASE_MS * 2 ** n * (1 + Math.random()));
+}

@@ -2,6 +2,7 @@
 // track comes back, and JSON control messages use the "control" data channel.
 import { AppError, offerError } from "./errors.js";
 import { CHANNEL_LABEL } from "./protocol.js";
+import { OFFER_RETRIES, offerRetryDelayMs } from "./reconnect.js";
 
 const ICE_GATHERING_TIMEOUT_MS = 5000;
 // The live session's close beacon, kept per tab: a page that died without its pagehide
@@ -44,7 +45,8 @@ export class Session {
     await this.pc.setLocalDescription(await this.pc.createOffer());
     // The server does not trickle ICE, so the offer must already hold every candidate.
     await waitForIceGathering(this.pc);
-    const answer = await postOffer({ sdp: this.pc.localDescription.sdp, type: "offer", prompt });
+    const offer = { sdp: this.pc.localDescription.sdp, type: "offer", prompt };
+    const answer = await postOfferWithRetries(offer, () => this.closed);
     this.closeBeacon = { url: answer.close_url, secret: answer.close_secret };
     sessionStorage.setItem(BEACON_KEY, JSON.stringify(this.closeBeacon));
     if (this.closed) this.sendCloseBeacon(); // stopped while the offer was in flight
@@ -132,6 +134,20 @@ export function accessToken() {
     history.replaceState(null, "", location.pathname + location.search); // keep it out of shared URLs
   }
   return sessionStorage.getItem("livestyle-token");
+}
+
+/** Full or draining: try again a few times (the same offer: nothing was set up for it)
+ * before the caller hears of it; stops as soon as the session is closed. */
+async function postOfferWithRetries(offer, isClosed) {
+  for (let n = 0; ; n++) {
+    try {
+      return await postOffer(offer);
+    } catch (err) {
+      if (!(err instanceof AppError) || !err.busy || n >= OFFER_RETRIES || isClosed()) throw err;
+      await new Promise((resolve) => setTimeout(resolve, offerRetryDelayMs(n)));
+      if (isClosed()) throw err;
+    }
+  }
 }
 
 async function postOffer(offer) {
