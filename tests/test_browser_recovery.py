@@ -170,8 +170,12 @@ def test_a_full_server_on_reconnect_means_waiting_not_failing(browser: Browser) 
         server.process.kill()
         server.process.wait()
         wait_for(live, "window.livestyle.state() === 'reconnecting'", "the page to notice")
+        # The other page must take the seat first: the reconnecting page's offers fail as if
+        # the network were down until then (else, on a loaded machine, it may win the race).
+        live.page.route("**/offer", lambda route: route.abort())
         server = LiveServer.start("full-on-reconnect", "--max-sessions", "1", port=port_of(server))
-        start_streaming(other)  # takes the seat first (the page is still backing off)
+        start_streaming(other)
+        live.page.unroute("**/offer")
         wait_for(live, "document.getElementById('message').textContent.includes('full')", "the 'full' reason", 30_000)
         shown = page_state(live)
         print(f"\nfull on reconnect: {shown['message']!r}")
