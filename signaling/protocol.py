@@ -62,7 +62,9 @@ class PingMsg:
 
 @dataclass(frozen=True)
 class CreateWatchMsg:
-    """Make (or replace) this stream's watch link."""
+    """This stream's watch link: the live one again, or (renew) a new one that ends the old."""
+
+    renew: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,10 @@ def parse_client_message(raw: str | bytes, max_prompt_chars: int) -> ClientMessa
     if kind == "ping":
         return PingMsg(t=_number(data, "t", None))
     if kind == "create_watch":
-        return CreateWatchMsg()
+        renew = data.get("renew", False)
+        if not isinstance(renew, bool):
+            raise ProtocolError("bad_message", f"'renew' must be true or false, got {_show(renew)}")
+        return CreateWatchMsg(renew=renew)
     if kind == "revoke_watch":
         return RevokeWatchMsg()
     raise ProtocolError("unknown_type", f"unknown message type {_show(kind)}; expected {', '.join(CLIENT_TYPES)}")

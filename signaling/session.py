@@ -83,7 +83,7 @@ def engine_json(info: EngineInfo, state: str) -> dict[str, Any]:
 class WatchDirectory(Protocol):
     """Where watch links live (the session registry)."""
 
-    def create_watch(self, session: Session) -> WatchLink: ...
+    def create_watch(self, session: Session, *, renew: bool = False) -> WatchLink: ...
 
     def revoke_watch(self, session: Session) -> None: ...
 
@@ -130,6 +130,7 @@ class Session:
         )
         self._watch_directory = watch_directory
         self._prompt_seq = 0
+        self.prompt = ""  # the style asked for last (the viewer page shows it)
         # Lets the page free its slot at once when it goes away (POST with this secret).
         self.close_secret = secrets.token_urlsafe(16)
 
@@ -176,7 +177,7 @@ class Session:
         elif isinstance(msg, CreateWatchMsg):
             if self._watch_directory is None:
                 raise ProtocolError("sharing_unavailable", "sharing is not enabled on this server")
-            link = self._watch_directory.create_watch(self)
+            link = self._watch_directory.create_watch(self, renew=msg.renew)
             expires_in_s = round(link.expires_at - time.monotonic())
             self.control.send(WatchMsg(token=link.token, path=link.path, expires_in_s=expires_in_s))
             self.control.send(ViewersMsg(count=len(self.viewers)))
@@ -204,6 +205,7 @@ class Session:
     def _apply_prompt(self, prompt: str, seq: int) -> int:
         """seq: the client's (echoed as is in prompt_applied) or numbered here."""
         self._prompt_seq = max(self._prompt_seq, seq)
+        self.prompt = prompt
         self.log.debug("set_prompt seq=%d %r", seq, prompt[:80])
         self.engine.set_prompt(prompt, seq)
         return seq

@@ -40,6 +40,7 @@ def test_set_prompt_and_ping_parse():
     assert parse({"v": 1, "type": "set_adapter_strength", "value": 1.25, "seq": 2}) == SetAdapterStrengthMsg(1.25, 2)
     assert parse(b'{"v":1,"type":"ping","t":1}') == PingMsg(1.0)
     assert parse({"v": 1, "type": "create_watch"}) == CreateWatchMsg()
+    assert parse({"v": 1, "type": "create_watch", "renew": True}) == CreateWatchMsg(renew=True)
     assert parse({"v": 1, "type": "revoke_watch", "extra": [1, {"a": None}]}) == RevokeWatchMsg()
     assert parse({"v": 1, "type": "set_prompt", "prompt": "ölgemälde, 油画 🎨", "seq": 2**53 - 1}).seq == 2**53 - 1
 
@@ -66,6 +67,7 @@ def test_set_prompt_and_ping_parse():
         ('{"v": 1, "type": "set_prompt", "prompt": "x", "seq": 1.5}', "bad_message"),
         ('{"v": 1, "type": "set_prompt", "prompt": "x", "seq": 9007199254740992}', "bad_message"),
         ('{"v": 1, "type": "set_prompt", "prompt": "x"}', "bad_message"),
+        ('{"v": 1, "type": "create_watch", "renew": "yes"}', "bad_message"),
         ('{"v": 1, "type": "set_prompt", "prompt": "a\\u0000b", "seq": 1}', "prompt_invalid"),
         ('{"v": 1, "type": "set_prompt", "prompt": "\\ud800", "seq": 1}', "prompt_invalid"),
         ('{"v": 1, "type": "ping", "t": "soon"}', "bad_message"),
