@@ -10,7 +10,9 @@ export const setPromptMessage = (prompt, seq) =>
 export const adapterStrengthMessage = (value, seq) =>
   JSON.stringify({ v: PROTOCOL_VERSION, type: "set_adapter_strength", value, seq });
 
-export const createWatchMessage = () => JSON.stringify({ v: PROTOCOL_VERSION, type: "create_watch" });
+/** renew: a new link; the current one ends (without it the server answers with the live one). */
+export const createWatchMessage = ({ renew = false } = {}) =>
+  JSON.stringify({ v: PROTOCOL_VERSION, type: "create_watch", ...(renew ? { renew: true } : {}) });
 
 export const revokeWatchMessage = () => JSON.stringify({ v: PROTOCOL_VERSION, type: "revoke_watch" });
 
