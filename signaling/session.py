@@ -23,6 +23,7 @@ from pipeline.stats import Counter, Histogram
 from signaling.control import ControlChannel, ControlLimits, guard_sctp
 from signaling.protocol import (
     CHANNEL_LABEL,
+    MAX_SEED,
     ClientMessage,
     CreateWatchMsg,
     ErrorMsg,
@@ -31,7 +32,9 @@ from signaling.protocol import (
     PongMsg,
     PromptAppliedMsg,
     ProtocolError,
+    RerollMsg,
     RevokeWatchMsg,
+    SeedMsg,
     SetPromptMsg,
     StatsMsg,
     ViewersMsg,
@@ -189,6 +192,11 @@ class Session:
             try:
                 if isinstance(msg, SetPromptMsg):
                     self._apply_prompt(msg.prompt, msg.seq)
+                elif isinstance(msg, RerollMsg):
+                    seed = msg.seed if msg.seed is not None else 1 + secrets.randbelow(MAX_SEED)
+                    self.log.debug("reroll seq=%d seed=%d", msg.seq, seed)
+                    self.engine.reseed(seed, msg.seq)
+                    self.control.send(SeedMsg(seed=seed, seq=msg.seq))
                 else:
                     self.log.debug("set_adapter_strength seq=%d %.2f", msg.seq, msg.value)
                     self.engine.set_adapter_strength(msg.value, msg.seq)

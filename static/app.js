@@ -19,6 +19,7 @@ import {
   pingMessage,
   PROTOCOL_VERSION,
   revokeWatchMessage,
+  rerollMessage,
   setPromptMessage,
 } from "./js/protocol.js";
 import { Heartbeat, retryDelayMs } from "./js/reconnect.js";
@@ -34,6 +35,9 @@ const DISCONNECTED_GRACE_MS = 2000;
 const ADAPTER_SEND_INTERVAL_MS = 100;
 // "engine restarting" clears once frames were presented for this long after the error.
 const RESTART_CLEAR_MS = 1000;
+// The user's own recent prompts kept as chips (and in localStorage): a short list.
+const HISTORY_MAX = 8;
+const HISTORY_KEY = "livestyle-prompt-history";
 
 const config = {
   ice_servers: [],
@@ -69,6 +73,8 @@ let stopFpsWatch = () => {};
 let resumeOnShow = false; // streaming when the page went into the back/forward cache
 let recording = null; // Recording of the stylized stream, while one runs
 let watchAnswers = 0; // "watch" messages received (window.livestyle, for tests)
+let rerollSeq = 0;
+let takeSeed = null; // the seed of the last reroll: a reconnect asks for the same take
 const heartbeat = new Heartbeat((t) => session?.send(pingMessage(t)), () => connectionLost());
 
 window.livestyle = {
@@ -79,6 +85,7 @@ window.livestyle = {
   reconnects: () => reconnects,
   recording: () => recording?.recording ?? false,
   watchAnswers: () => watchAnswers,
+  seed: () => takeSeed,
 };
 
 const isSecure = () => window.isSecureContext && !!navigator.mediaDevices;
@@ -220,6 +227,7 @@ function dropSession() {
   session?.close();
   session = null;
   ui.el.share.disabled = true;
+  ui.el.reroll.disabled = true;
   ui.showShare(null); // the link dies with the session
 }
 
@@ -236,6 +244,7 @@ function teardown() {
   retries = 0;
   reconnects = 0;
   restartingSince = null;
+  takeSeed = null; // a new Start is a fresh take
   stopTracks(camera);
   camera = null;
   framed.stop();
@@ -290,6 +299,8 @@ function showRemote(stream) {
 
 function handleChannelOpen() {
   ui.el.share.disabled = false;
+  ui.el.reroll.disabled = false;
+  if (takeSeed !== null) session.send(rerollMessage(++rerollSeq, takeSeed)); // the same take after a reconnect
   heartbeat.start();
   // The user may have applied a new prompt while we were (re)connecting.
   if (activePrompt !== offeredPrompt) sendPrompt(activePrompt);
@@ -309,6 +320,12 @@ function handleMessage(data) {
     case "watch":
       watchAnswers++;
       ui.showShare(msg.path);
+      break;
+    case "seed":
+      if (msg.seq === rerollSeq) {
+        takeSeed = msg.seed;
+        ui.setPromptStatus(`New take (seed ${msg.seed}).`, "ok");
+      }
       break;
     case "viewers":
       ui.showViewers(msg.count);
@@ -375,10 +392,39 @@ function applyPrompt(text) {
   const prompt = text.trim();
   if (!prompt) return ui.setPromptStatus("Type a prompt first.", "error");
   activePrompt = prompt;
+  remember(prompt);
   ui.markPreset(prompt);
   if (session?.channelOpen) sendPrompt(prompt);
   else if (camera) ui.setPromptStatus("Will be sent once connected.", "pending");
   else ui.setPromptStatus("Saved; it is used when you press Start.", "");
+}
+
+function pickPrompt(text) {
+  ui.el.prompt.value = text;
+  applyPrompt(text);
+}
+
+function loadHistory() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(HISTORY_KEY) ?? "[]");
+    return Array.isArray(saved) ? saved.filter((p) => typeof p === "string").slice(0, HISTORY_MAX) : [];
+  } catch {
+    return [];
+  }
+}
+
+/** Newest first, no duplicates, no presets (they have chips already), at most HISTORY_MAX. */
+function remember(prompt) {
+  if ([...ui.el.presets].some((chip) => chip.textContent === prompt)) return;
+  const history = [prompt, ...loadHistory().filter((p) => p !== prompt)].slice(0, HISTORY_MAX);
+  localStorage.setItem(HISTORY_KEY, JSON.stringify(history));
+  ui.showHistory(history, pickPrompt);
+}
+
+function reroll() {
+  if (!session?.channelOpen) return;
+  session.send(rerollMessage(++rerollSeq));
+  ui.setPromptStatus("New take…", "pending");
 }
 
 /** The picker shows the camera in use; Front/back only where there are two or more. */
@@ -526,12 +572,8 @@ function bindEvents() {
     e.preventDefault();
     applyPrompt(ui.el.prompt.value);
   });
-  for (const chip of ui.el.presets) {
-    chip.addEventListener("click", () => {
-      ui.el.prompt.value = chip.textContent;
-      applyPrompt(chip.textContent);
-    });
-  }
+  for (const chip of ui.el.presets) chip.addEventListener("click", () => pickPrompt(chip.textContent));
+  ui.el.reroll.addEventListener("click", reroll);
   if (navigator.mediaDevices) {
     navigator.mediaDevices.addEventListener("devicechange", () =>
       refreshPicker(),
@@ -563,6 +605,7 @@ async function init() {
   ui.el.record.hidden = !canRecord;
   bindEvents();
   await loadConfig();
+  ui.showHistory(loadHistory(), pickPrompt);
   ui.markPreset(ui.el.prompt.value.trim());
   // The frame-rate overlay is a number for the curious: shown with the details open.
   ui.el.details.addEventListener("toggle", () => (ui.el.stage.dataset.details = String(ui.el.details.open)));

@@ -12,13 +12,23 @@ import av
 import cv2
 import numpy as np
 import pytest
-from browser_support import ARTIFACTS, CHROMIUM, LiveServer, chromium_flags, decode_png, luma, write_fake_camera
+from browser_support import (
+    ARTIFACTS,
+    CHROMIUM,
+    LiveServer,
+    chromium_flags,
+    decode_png,
+    luma,
+    mean_abs_diff,
+    write_fake_camera,
+)
 from media import davis_clip, ping_pong
 from playwright.sync_api import Browser, Playwright
 from test_browser import (  # noqa: F401 - fixtures and helpers shared with the first browser tests
     WAIT_MS,
     LivePage,
     browser,
+    capture,
     fake_camera,
     open_page,
     playwright,
@@ -142,6 +152,36 @@ def test_share_link_survives_a_second_press_qr_viewer_page_and_renew(
     assert "this stream has ended" in viewer.text_content("#message").lower()
     assert not viewer.is_visible("#toggle"), "an ended link must not offer Watch"
     viewer_context.close()
+
+
+def test_reroll_gives_a_new_take_and_own_prompts_become_chips(live: LivePage) -> None:
+    page = live.page
+    custom = "ink wash mountains"
+    page.fill("#prompt", custom)
+    page.press("#prompt", "Enter")
+    wait_for(live, "document.getElementById('prompt-status').textContent.startsWith('applied')", "prompt applied")
+    live.prompt = custom
+    chip = page.locator("#history .preset", has_text=custom)
+    assert chip.count() == 1 and chip.get_attribute("aria-pressed") == "true"
+
+    wait_for(live, "!document.getElementById('reroll').disabled", "the Reroll button")
+    page.click("#reroll")
+    wait_for(live, "window.livestyle.seed() !== null", "the reroll's seed")
+    seed = page.evaluate("window.livestyle.seed()")
+    assert page.text_content("#prompt-status") == f"New take (seed {seed})."
+    page.wait_for_timeout(1000)  # frames made after the reroll have come back
+    shot = capture(live)
+    new, old = style_for_prompt(custom, seed), style_for_prompt(custom)
+    to_new = min(mean_abs_diff(shot.remote, stylize_image(f, new)) for f in shot.local)
+    to_old = min(mean_abs_diff(shot.remote, stylize_image(f, old)) for f in shot.local)
+    apart = mean_abs_diff(stylize_image(shot.local[-1], new), stylize_image(shot.local[-1], old))
+    print(f"\nreroll: seed {seed} ({apart:.1f} from the old take): distance {to_new:.1f}, to the old {to_old:.1f}")
+    # The page picks no seed, the server does: only a take far enough from the old one tells.
+    if apart > 15:
+        assert to_new < 0.6 * to_old, "the stylized video does not follow the reroll"
+
+    chip.click()  # a history chip applies its prompt again
+    wait_for(live, f"document.getElementById('prompt').value === {custom!r}", "the chip's prompt")
 
 
 def test_stop_clears_the_prompt_status_and_disables_keeping(live: LivePage) -> None:

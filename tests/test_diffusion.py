@@ -20,7 +20,7 @@ from pipeline.diffusion.schedule import FlowSchedule
 from pipeline.diffusion.stages import DenoiseDecode, encode_reference
 from pipeline.diffusion.text import EDIT_INSTRUCTION, EDIT_TEMPLATE, SYSTEM_PREFIX_TOKENS, TextConditioner
 from pipeline.diffusion.tiny import build_tiny_components, tiny_pipeline
-from pipeline.messages import AddSession, EngineInfo, FrameIn, PromptApplied, SessionError, SetPrompt
+from pipeline.messages import AddSession, EngineInfo, FrameIn, PromptApplied, Reseed, SessionError, SetPrompt
 
 pytestmark = [pytest.mark.diffusion, pytest.mark.timeout(300)]
 
@@ -156,6 +156,24 @@ def test_prompt_change_applies_to_the_next_step_of_that_session_only(clip):
     assert np.array_equal(second["b"].image, first["b"]) and second["b"].prompt_seq == 0
     applied = [e for e in result.events if isinstance(e, PromptApplied)]
     assert [(e.session_id, e.seq) for e in applied] == [("a", 1)]
+
+
+def test_reseed_changes_that_sessions_noise_only_and_its_seed_gives_back_the_original(clip):
+    core = EngineCore(backend(**PIPELINE_SETTINGS))
+    core.execute(AddSession("a", PROMPT))
+    core.execute(AddSession("b", PROMPT))
+    f = clip[3]
+    first = {o.session_id: o.image for o in core.step([frame("a", f), frame("b", f)]).outputs}
+    assert np.array_equal(first["a"], first["b"])  # same prompt, same seed, same frame
+    assert core.execute(Reseed("a", 7, 1)) == []
+    second = {o.session_id: o.image for o in core.step([frame("a", f), frame("b", f)]).outputs}
+    assert np.abs(second["a"].astype(int) - first["a"].astype(int)).mean() > 1, "new noise changed nothing"
+    assert np.array_equal(second["b"], first["b"])
+    assert core.execute(Reseed("a", SEED, 2)) == []  # the configured seed: the original take
+    third = {o.session_id: o.image for o in core.step([frame("a", f)]).outputs}
+    assert np.abs(third["a"].astype(int) - first["a"].astype(int)).max() <= 1
+    errors = core.execute(Reseed("nobody", 1, 3))
+    assert [e.code for e in errors] == ["unknown_session"]
 
 
 def test_prompt_over_the_token_budget_is_refused_and_the_old_prompt_kept(clip):

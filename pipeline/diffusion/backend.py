@@ -149,6 +149,12 @@ class DiffusionBackend:
             raise AdapterUnavailable("this engine runs without a temporal adapter (start it with --lllite PATH)")
         self.adapter.set_strength(session_id, value)
 
+    def reseed(self, session_id: str, seed: int) -> None:
+        # Steps in flight keep the noise they were batched with (torch.cat copied it).
+        self._sessions[session_id].noise = self.uploader.noise(seed, self.latent, self.dtype)
+        if self.adapter is not None:
+            self.adapter.restart(session_id)  # its state follows the old noise's frames
+
     def set_prompt(self, session_id: str, prompt: str) -> None:
         s = self._sessions[session_id]
         s.prompt, s.tokens = prompt, self.planner.tokens(prompt)

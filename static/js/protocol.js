@@ -16,6 +16,10 @@ export const createWatchMessage = ({ renew = false } = {}) =>
 
 export const revokeWatchMessage = () => JSON.stringify({ v: PROTOCOL_VERSION, type: "revoke_watch" });
 
+/** seed: a take to go back to; without it the server picks one (and says which). */
+export const rerollMessage = (seq, seed = null) =>
+  JSON.stringify({ v: PROTOCOL_VERSION, type: "reroll", seq, ...(seed === null ? {} : { seed }) });
+
 export const pingMessage = (t) => JSON.stringify({ v: PROTOCOL_VERSION, type: "ping", t });
 
 /** Returns the parsed server message, or null for anything this client can't understand. */

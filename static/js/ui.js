@@ -17,6 +17,8 @@ export const el = {
   prompt: byId("prompt"),
   promptStatus: byId("prompt-status"),
   presets: document.querySelectorAll(".preset"),
+  history: byId("history"),
+  reroll: byId("reroll"),
   adapterRow: byId("adapter-row"),
   share: byId("share"),
   record: byId("record"),
@@ -107,9 +109,26 @@ export function setCameraLive(live) {
   el.cameraInset.dataset.live = String(live);
 }
 
-/** Marks the preset chip whose text is the style on now. */
+/** Marks the preset and history chips whose text is the style on now. */
 export function markPreset(prompt) {
-  for (const chip of el.presets) chip.setAttribute("aria-pressed", String(chip.textContent === prompt));
+  for (const chip of [...el.presets, ...el.history.children]) {
+    chip.setAttribute("aria-pressed", String(chip.textContent === prompt));
+  }
+}
+
+/** The user's own recent prompts (not the presets) as chips, newest first. */
+export function showHistory(prompts, onPick) {
+  el.history.replaceChildren(
+    ...prompts.map((text) => {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "preset";
+      chip.textContent = text;
+      chip.addEventListener("click", () => onPick(text));
+      return chip;
+    }),
+  );
+  el.history.hidden = prompts.length === 0;
 }
 
 /** tone: "pending" | "ok" | "error" | "" (styling only). */
