@@ -444,7 +444,11 @@ function reframe() {
   const old = framed;
   framed = frameCamera(camera, { fit: ui.el.framing.value === "fit", mirror: ui.el.mirror.getAttribute("aria-pressed") === "true" });
   showLocal(framed.stream);
-  session?.replaceTrack(framed.stream.getVideoTracks()[0]).catch(() => {});
+  try {
+    session?.replaceTrack(framed.stream.getVideoTracks()[0])?.catch(() => {});
+  } catch {
+    // No sender yet: the offer being made takes the new track instead (connect reads `framed`).
+  }
   if (old.stream !== framed.stream) old.stop();
 }
 
