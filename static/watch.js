@@ -29,6 +29,7 @@ const el = {
   info: document.getElementById("watch-info"),
   style: document.getElementById("watch-style"),
   viewers: document.getElementById("watch-viewers"),
+  player: document.querySelector(".watch-player"),
 };
 
 const token = tokenFromPath(location.pathname);
@@ -93,6 +94,7 @@ function linkEnded(text = LINK_ENDED_MESSAGE) {
   clearInterval(infoTimer);
   el.info.hidden = true;
   el.toggle.hidden = true;
+  el.player.hidden = true; // an empty black square would look like a stream about to start
   setState("ended");
   showMessage("ended", text);
 }
@@ -197,6 +199,7 @@ function handleConnectionState(pcState) {
     disconnectTimer = null;
     wasLive = true;
     setState("live");
+    refreshInfo(); // the count now includes this viewer
   } else if (pcState === "failed") {
     streamLost(); // terminal: without an ICE restart it never recovers
   } else if (pcState === "disconnected" && disconnectTimer === null) {

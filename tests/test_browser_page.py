@@ -151,6 +151,7 @@ def test_share_link_survives_a_second_press_qr_viewer_page_and_renew(
     viewer.wait_for_function("window.livestyleWatch.linkEnded()", timeout=WAIT_MS)
     assert "this stream has ended" in viewer.text_content("#message").lower()
     assert not viewer.is_visible("#toggle"), "an ended link must not offer Watch"
+    assert not viewer.is_visible(".watch-player")  # no empty player either
     viewer_context.close()
 
 
