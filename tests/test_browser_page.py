@@ -185,6 +185,22 @@ def test_reroll_gives_a_new_take_and_own_prompts_become_chips(live: LivePage) ->
     wait_for(live, f"document.getElementById('prompt').value === {custom!r}", "the chip's prompt")
 
 
+def test_the_camera_inset_can_be_dragged_within_the_video(live: LivePage) -> None:
+    page = live.page
+    inset, video = page.locator("#camera-inset").bounding_box(), page.locator("#output-frame").bounding_box()
+    assert inset is not None and video is not None
+    x, y = inset["x"] + inset["width"] / 2, inset["y"] + inset["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 200, y - 150, steps=5)
+    page.mouse.move(video["x"] - 500, y - 150, steps=5)  # past the left edge: stops at it
+    page.mouse.up()
+    moved = page.locator("#camera-inset").bounding_box()
+    assert moved is not None
+    assert abs(moved["x"] - video["x"]) <= 2, "the inset left the video (or did not move)"
+    assert abs(moved["y"] - (inset["y"] - 150)) <= 2
+
+
 def test_stop_clears_the_prompt_status_and_disables_keeping(live: LivePage) -> None:
     page = live.page
     page.fill("#prompt", "pencil sketch")
