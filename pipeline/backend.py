@@ -61,6 +61,10 @@ class Backend(Protocol):
     def set_adapter_strength(self, session_id: str, value: float) -> None:
         """Raise AdapterUnavailable when the backend has no temporal adapter."""
 
+    def reseed(self, session_id: str, seed: int) -> None:
+        """The session's frames from now on use the fixed noise of `seed` (the preview
+        engine: a palette variation of the same prompt)."""
+
     def submit(self, frames: Sequence[FrameIn]) -> Any:
         """Start stylizing; returns a ticket for collect(). Frames may share a session
         (clip mode) only when the caller allows it."""

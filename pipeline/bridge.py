@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from pipeline.core import EngineCore, EngineFatalError, StepResult
-from pipeline.messages import Command, FrameIn, SetAdapterStrength, SetPrompt
+from pipeline.messages import Command, FrameIn, Reseed, SetAdapterStrength, SetPrompt
 from pipeline.scheduler import ArrivalTracker, Launch, Wait
 from pipeline.stats import EngineStats
 
@@ -94,7 +94,7 @@ class EngineBridge:
             if discard_frames_of is not None:
                 self._slots.pop(discard_frames_of, None)
                 self._arrivals.forget(discard_frames_of)
-            if isinstance(cmd, SetPrompt | SetAdapterStrength):
+            if isinstance(cmd, SetPrompt | SetAdapterStrength | Reseed):
                 key = (type(cmd).__name__, cmd.session_id)
                 if key not in self._latest:
                     self._commands.append(key)

@@ -33,6 +33,7 @@ from pipeline.messages import (
     FrameOut,
     PromptApplied,
     RemoveSession,
+    Reseed,
     SessionError,
     SetAdapterStrength,
     SetPrompt,
@@ -193,6 +194,7 @@ class EngineSession:
         self._applied: tuple[str, int] = (prompt, 0)
         self._requested: SetPrompt | None = None
         self._adapter: SetAdapterStrength | None = None
+        self._seed: Reseed | None = None
         self._closed = False
 
     def submit(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
@@ -235,6 +237,12 @@ class EngineSession:
         self._adapter = SetAdapterStrength(self.session_id, value, seq)
         self._client._send(self._adapter)
 
+    def reseed(self, seed: int, seq: int) -> None:
+        """New fixed noise for this session (a "reroll"); kept for a rebuilt engine too."""
+        self._check_open()
+        self._seed = Reseed(self.session_id, seed, seq)
+        self._client._send(self._seed)
+
     async def next_event(self) -> Event:
         """PromptApplied / SessionError / EngineFailed, in order. Raises SlotClosed
         after close()."""
@@ -266,7 +274,7 @@ class EngineSession:
     def _attach_commands(self) -> list[Command]:
         prompt, seq = self._applied
         commands: list[Command] = [AddSession(self.session_id, prompt, seq)]
-        commands += [c for c in (self._requested, self._adapter) if c is not None]
+        commands += [c for c in (self._requested, self._adapter, self._seed) if c is not None]
         return commands
 
     def _on_event(self, event: Event) -> None:

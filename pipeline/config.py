@@ -47,6 +47,10 @@ class DiffusionConfig:
     """In clip mode (B frames of one stream), encode one frame per refresh instead of all B."""
     seed: int = 0
     """Seed of each session's fixed noise."""
+    prompt_blend: int = 4
+    """Steps (frames) over which a new prompt blends in: the conditioning goes from the old
+    prompt's to the new one's in equal parts, the first pure frame after that; 0 = switch
+    at once."""
     compile: str = "auto"
     """torch.compile of the UNet+decode graph: 'reduce-overhead' (CUDA graphs), 'default',
     'none', or 'auto' (reduce-overhead on CUDA, none on CPU)."""
@@ -97,6 +101,8 @@ class DiffusionConfig:
             raise ConfigError(f"text_mode {self.text_mode!r} is not known; use one of {', '.join(TEXT_MODES)}")
         if not 1 <= self.text_refresh <= 1000:
             raise ConfigError(f"text_refresh {self.text_refresh} is not allowed; use 1..1000")
+        if not 0 <= self.prompt_blend <= 120:
+            raise ConfigError(f"prompt_blend {self.prompt_blend} is not allowed; use 0..120 (--prompt-blend)")
         if self.text_image_size % 32 or not 64 <= self.text_image_size <= 1024:
             raise ConfigError(
                 f"text_image_size {self.text_image_size} is not allowed; use a multiple of 32 from 64 to 1024"

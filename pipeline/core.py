@@ -30,6 +30,7 @@ from pipeline.messages import (
     FrameIn,
     FrameOut,
     RemoveSession,
+    Reseed,
     SessionError,
     SetAdapterStrength,
     SetPrompt,
@@ -134,6 +135,8 @@ class EngineCore:
             return self.sessions.set_prompt(cmd)
         if isinstance(cmd, SetAdapterStrength):
             return self.sessions.set_adapter_strength(cmd)
+        if isinstance(cmd, Reseed):
+            return self.sessions.reseed(cmd)
         raise TypeError(f"unknown engine command {type(cmd).__name__}")
 
     # ---- stepping -------------------------------------------------------------------------

@@ -76,7 +76,16 @@ class SetAdapterStrength:
     seq: int
 
 
-Command = AddSession | RemoveSession | SetPrompt | SetAdapterStrength
+@dataclass(frozen=True, slots=True)
+class Reseed:
+    """New fixed noise for a session ("reroll"): same prompt, another take on it."""
+
+    session_id: str
+    seed: int
+    seq: int
+
+
+Command = AddSession | RemoveSession | SetPrompt | SetAdapterStrength | Reseed
 
 
 # ---- events: core -> client -------------------------------------------------------

@@ -72,13 +72,15 @@ _RECIPES: tuple[tuple[tuple[str, ...], _Recipe], ...] = (
 _DEFAULT_RECIPE = _Recipe(None, 0.7, 2, (70, 140), 0.5, 0.3, 1.15)
 
 
-def style_for_prompt(prompt: str) -> PreviewStyle:
-    """Deterministic: the same prompt text (case/whitespace-insensitive) -> same style."""
+def style_for_prompt(prompt: str, seed: int = 0) -> PreviewStyle:
+    """Deterministic: the same prompt text (case/whitespace-insensitive) and seed -> same
+    style. Another seed (a "reroll") varies the palette within the prompt's recipe."""
     text = " ".join(prompt.lower().split())
-    digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
+    keyed = text if seed == 0 else f"{text}\0seed={seed}"
+    digest = hashlib.blake2b(keyed.encode(), digest_size=16).digest()
     recipe = next((r for keys, r in _RECIPES if any(k in text for k in keys)), _DEFAULT_RECIPE)
     saturation = recipe.saturation * (1.25 if ("vibrant" in text or "vivid" in text) else 1.0)
-    palette = _palette(recipe, digest, dark=("dark" in text or "night" in text))
+    palette = _palette(recipe, digest, dark=("dark" in text or "night" in text), rerolled=seed != 0)
     lut = _build_lut(palette, recipe.mix, saturation)
     return PreviewStyle(
         palette=palette,
@@ -91,9 +93,10 @@ def style_for_prompt(prompt: str) -> PreviewStyle:
     )
 
 
-def _palette(recipe: _Recipe, digest: bytes, dark: bool) -> np.ndarray:
+def _palette(recipe: _Recipe, digest: bytes, dark: bool, rerolled: bool = False) -> np.ndarray:
     k = 5 + digest[2] % 3
-    jitter = (digest[0] / 255.0 - 0.5) * 0.08
+    # A rerolled fixed-hue recipe swings wider, or the new take would hardly show.
+    jitter = (digest[0] / 255.0 - 0.5) * (0.3 if rerolled else 0.08)
     if recipe.hues is None:
         base = digest[0] / 255.0
         spread = (0.08, 0.5, 0.33)[digest[1] % 3]  # analogous / complementary / triadic
@@ -101,9 +104,11 @@ def _palette(recipe: _Recipe, digest: bytes, dark: bool) -> np.ndarray:
     else:
         hues = tuple(h + jitter for h in recipe.hues)
     top = 0.75 if dark else 0.97
+    # A reroll also bends the light curve: visible even in a nearly grey (pencil) palette.
+    gamma = 0.6 + 0.9 * digest[3] / 255.0 if rerolled else 1.0
     colours = []
     for i in range(k):
-        value = 0.08 + (top - 0.08) * i / (k - 1)
+        value = 0.08 + (top - 0.08) * (i / (k - 1)) ** gamma
         hue = hues[i % len(hues)] % 1.0
         # Extremes less saturated so shadows and highlights stay readable.
         sat = recipe.sat * (1.0 - 0.5 * abs(2 * i / (k - 1) - 1) ** 2)
@@ -178,7 +183,8 @@ class PreviewBackend:
         )
         self.pipelined = False
         self._styles: dict[str, PreviewStyle] = {}
-        self._cache: dict[str, PreviewStyle] = {}
+        self._takes: dict[str, tuple[str, int]] = {}  # session -> (prompt, seed)
+        self._cache: dict[tuple[str, int], PreviewStyle] = {}
 
     def warmup(self, progress: Callable[[str], None]) -> None:
         progress("preview stylizer needs no warm-up")
@@ -190,23 +196,29 @@ class PreviewBackend:
                 f"prompt has {len(prompt)} characters; at most {self.info.max_prompt_chars} are allowed",
             )
 
-    def _style(self, prompt: str) -> PreviewStyle:
+    def _use(self, session_id: str, prompt: str, seed: int) -> None:
         # Small cache: sessions flipping between presets should not rebuild LUTs.
-        style = self._cache.get(prompt)
+        key = (prompt, seed)
+        style = self._cache.get(key)
         if style is None:
             if len(self._cache) >= 64:
                 self._cache.pop(next(iter(self._cache)))
-            style = self._cache[prompt] = style_for_prompt(prompt)
-        return style
+            style = self._cache[key] = style_for_prompt(prompt, seed)
+        self._takes[session_id] = key
+        self._styles[session_id] = style
 
     def open_session(self, session_id: str, prompt: str) -> None:
-        self._styles[session_id] = self._style(prompt)
+        self._use(session_id, prompt, 0)
 
     def close_session(self, session_id: str) -> None:
         self._styles.pop(session_id, None)
+        self._takes.pop(session_id, None)
 
     def set_prompt(self, session_id: str, prompt: str) -> None:
-        self._styles[session_id] = self._style(prompt)
+        self._use(session_id, prompt, self._takes[session_id][1])
+
+    def reseed(self, session_id: str, seed: int) -> None:
+        self._use(session_id, self._takes[session_id][0], seed)
 
     def submit(self, frames: Sequence[FrameIn]) -> list[np.ndarray]:
         size = self.info.output_size
@@ -222,4 +234,5 @@ class PreviewBackend:
 
     def close(self) -> None:
         self._styles.clear()
+        self._takes.clear()
         self._cache.clear()

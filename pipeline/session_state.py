@@ -22,6 +22,7 @@ from pipeline.messages import (
     Event,
     FrameIn,
     PromptApplied,
+    Reseed,
     SessionError,
     SetAdapterStrength,
     SetPrompt,
@@ -112,6 +113,12 @@ class SessionTable:
             log.exception("session=%s set_adapter_strength failed", cmd.session_id)
             return [SessionError(cmd.session_id, "session_failed", f"{type(exc).__name__}: {exc}", cmd.seq)]
         return []
+
+    def reseed(self, cmd: Reseed) -> list[Event]:
+        if cmd.session_id not in self._sessions:
+            return [SessionError(cmd.session_id, "unknown_session", "session is not open", cmd.seq)]
+        error = self._guard(cmd.session_id, cmd.seq, self.backend.reseed, cmd.session_id, cmd.seed)
+        return [] if error is None else [error]
 
     def _prompt_problem(self, session_id: str, prompt: str, seq: int | None) -> SessionError | None:
         try:

@@ -329,6 +329,11 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-image-size", type=int, help=_help("frame side the text encoder sees", "text_image_size"))
     g.add_argument("--text-tokens", type=int, help=_help("fixed text-encoder sequence length", "text_tokens"))
     g.add_argument("--seed", type=int, help=_help("seed of each session's fixed noise", "seed"))
+    g.add_argument(
+        "--prompt-blend",
+        type=int,
+        help=_help("frames over which a new prompt blends in, 0..120 (0: switch at once)", "prompt_blend"),
+    )
     g.add_argument("--compile", choices=COMPILE_MODES, help=_help("torch.compile mode of the UNet", "compile"))
     g.add_argument(
         "--buckets",
@@ -600,6 +605,7 @@ _DIFFUSION_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "text_image_size": ("LIVESTYLE_TEXT_IMAGE_SIZE", int, "text_image_size"),
     "text_tokens": ("LIVESTYLE_TEXT_TOKENS", int, "text_tokens"),
     "seed": ("LIVESTYLE_SEED", int, "seed"),
+    "prompt_blend": ("LIVESTYLE_PROMPT_BLEND", int, "prompt_blend"),
     "compile": ("LIVESTYLE_COMPILE", str, "compile"),
     "buckets": ("LIVESTYLE_BUCKETS", _int_list, "buckets"),
     "lllite": ("LIVESTYLE_LLLITE", str, "lllite"),

@@ -53,6 +53,7 @@ def add_routes(app: web.Application) -> None:
             resource.add_route(method, handler)
         resource.add_route("OPTIONS", _preflight(", ".join([*methods, "OPTIONS"]), accepts))
     app.router.add_get("/watch/{token}", watch_page)
+    app.router.add_get("/watch/{token}/info", watch_info)
     app.router.add_get("/api/ice-servers", ice_servers)
 
 
@@ -187,6 +188,18 @@ async def watch_page(request: web.Request) -> web.FileResponse:
         _watch_failed(request)
         status = 404  # the page still loads and explains that the link has ended
     return web.FileResponse(STATIC_DIR / "watch.html", status=status, headers={"Cache-Control": "no-store"})
+
+
+async def watch_info(request: web.Request) -> web.Response:
+    """What the viewer page shows beside the video: the style on now and how many watch.
+    An ended link is a JSON 404 (and costs like a wrong token, as the page does)."""
+    try:
+        session = request.app[REGISTRY].resolve_watch(request.match_info["token"])
+    except WatchNotFound:
+        _watch_failed(request)
+        raise
+    body = {"prompt": session.prompt, "viewers": len(session.viewers)}
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
 async def whep_play(request: web.Request) -> web.Response:

@@ -62,7 +62,9 @@ class PingMsg:
 
 @dataclass(frozen=True)
 class CreateWatchMsg:
-    """Make (or replace) this stream's watch link."""
+    """This stream's watch link: the live one again, or (renew) a new one that ends the old."""
+
+    renew: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,19 @@ class RevokeWatchMsg:
     """Kill this stream's watch link and disconnect its viewers."""
 
 
-ClientMessage = SetPromptMsg | SetAdapterStrengthMsg | PingMsg | CreateWatchMsg | RevokeWatchMsg
-CLIENT_TYPES = ("set_prompt", "set_adapter_strength", "ping", "create_watch", "revoke_watch")
+@dataclass(frozen=True)
+class RerollMsg:
+    """New noise for the session's frames (same prompt, another take); seed None: the
+    server picks one and says which in a `seed` reply."""
+
+    seq: int
+    seed: int | None = None
+
+
+ClientMessage = SetPromptMsg | SetAdapterStrengthMsg | PingMsg | CreateWatchMsg | RevokeWatchMsg | RerollMsg
+CLIENT_TYPES = ("set_prompt", "set_adapter_strength", "ping", "create_watch", "revoke_watch", "reroll")
 MAX_ADAPTER_STRENGTH = 1.5
+MAX_SEED = 2**31 - 1
 
 
 def parse_client_message(raw: str | bytes, max_prompt_chars: int) -> ClientMessage:
@@ -94,9 +106,18 @@ def parse_client_message(raw: str | bytes, max_prompt_chars: int) -> ClientMessa
     if kind == "ping":
         return PingMsg(t=_number(data, "t", None))
     if kind == "create_watch":
-        return CreateWatchMsg()
+        renew = data.get("renew", False)
+        if not isinstance(renew, bool):
+            raise ProtocolError("bad_message", f"'renew' must be true or false, got {_show(renew)}")
+        return CreateWatchMsg(renew=renew)
     if kind == "revoke_watch":
         return RevokeWatchMsg()
+    if kind == "reroll":
+        seq = _seq(data)
+        seed = data.get("seed")
+        if seed is not None and (type(seed) is not int or not 0 <= seed <= MAX_SEED):
+            raise ProtocolError("bad_value", f"'seed' must be an integer in 0..{MAX_SEED}, got {_show(seed)}", seq)
+        return RerollMsg(seq=seq, seed=seed)
     raise ProtocolError("unknown_type", f"unknown message type {_show(kind)}; expected {', '.join(CLIENT_TYPES)}")
 
 
@@ -243,6 +264,15 @@ class StatsMsg:
 
 
 @dataclass(frozen=True)
+class SeedMsg:
+    """The seed a reroll took (to note or send again for the same take)."""
+
+    seed: int
+    seq: int
+    type: str = "seed"
+
+
+@dataclass(frozen=True)
 class ErrorMsg:
     code: str
     message: str
@@ -264,7 +294,7 @@ class ViewersMsg:
     type: str = "viewers"
 
 
-ServerMessage = HelloMsg | PongMsg | PromptAppliedMsg | StatsMsg | ErrorMsg | WatchMsg | ViewersMsg
+ServerMessage = HelloMsg | PongMsg | PromptAppliedMsg | StatsMsg | ErrorMsg | WatchMsg | ViewersMsg | SeedMsg
 
 
 def encode_server_message(msg: ServerMessage) -> str:

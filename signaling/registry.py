@@ -141,6 +141,7 @@ class SessionRegistry:
             kind=kind,
             watch_directory=self,
         )
+        session.prompt = prompt
         pc.on("track", session.on_track)
         pc.on("datachannel", session.on_datachannel)
         try:
@@ -192,10 +193,14 @@ class SessionRegistry:
 
     # ---- watch links (WatchDirectory) ----------------------------------------------------------
 
-    def create_watch(self, session: Session) -> WatchLink:
-        """A new link for the session's stylized stream (an older one stops working)."""
+    def create_watch(self, session: Session, *, renew: bool = False) -> WatchLink:
+        """The session's live link, so links already sent keep working; a new one when there
+        is none, it expired, or `renew` asks for it (the old one ends, its viewers with it)."""
         if session.watch is not None:
+            if not renew and not session.watch.expired():
+                return session.watch
             self._watch.pop(session.watch.token, None)
+            session.viewers.disconnect()
         link = WatchLink.new(session.id, self.watch_ttl_s, self.id_prefix)
         self._watch[link.token] = link
         session.watch = link

@@ -23,6 +23,7 @@ from pipeline.stats import Counter, Histogram
 from signaling.control import ControlChannel, ControlLimits, guard_sctp
 from signaling.protocol import (
     CHANNEL_LABEL,
+    MAX_SEED,
     ClientMessage,
     CreateWatchMsg,
     ErrorMsg,
@@ -31,7 +32,9 @@ from signaling.protocol import (
     PongMsg,
     PromptAppliedMsg,
     ProtocolError,
+    RerollMsg,
     RevokeWatchMsg,
+    SeedMsg,
     SetPromptMsg,
     StatsMsg,
     ViewersMsg,
@@ -83,7 +86,7 @@ def engine_json(info: EngineInfo, state: str) -> dict[str, Any]:
 class WatchDirectory(Protocol):
     """Where watch links live (the session registry)."""
 
-    def create_watch(self, session: Session) -> WatchLink: ...
+    def create_watch(self, session: Session, *, renew: bool = False) -> WatchLink: ...
 
     def revoke_watch(self, session: Session) -> None: ...
 
@@ -130,6 +133,7 @@ class Session:
         )
         self._watch_directory = watch_directory
         self._prompt_seq = 0
+        self.prompt = ""  # the style asked for last (the viewer page shows it)
         # Lets the page free its slot at once when it goes away (POST with this secret).
         self.close_secret = secrets.token_urlsafe(16)
 
@@ -176,7 +180,7 @@ class Session:
         elif isinstance(msg, CreateWatchMsg):
             if self._watch_directory is None:
                 raise ProtocolError("sharing_unavailable", "sharing is not enabled on this server")
-            link = self._watch_directory.create_watch(self)
+            link = self._watch_directory.create_watch(self, renew=msg.renew)
             expires_in_s = round(link.expires_at - time.monotonic())
             self.control.send(WatchMsg(token=link.token, path=link.path, expires_in_s=expires_in_s))
             self.control.send(ViewersMsg(count=len(self.viewers)))
@@ -188,6 +192,11 @@ class Session:
             try:
                 if isinstance(msg, SetPromptMsg):
                     self._apply_prompt(msg.prompt, msg.seq)
+                elif isinstance(msg, RerollMsg):
+                    seed = msg.seed if msg.seed is not None else 1 + secrets.randbelow(MAX_SEED)
+                    self.log.debug("reroll seq=%d seed=%d", msg.seq, seed)
+                    self.engine.reseed(seed, msg.seq)
+                    self.control.send(SeedMsg(seed=seed, seq=msg.seq))
                 else:
                     self.log.debug("set_adapter_strength seq=%d %.2f", msg.seq, msg.value)
                     self.engine.set_adapter_strength(msg.value, msg.seq)
@@ -204,6 +213,7 @@ class Session:
     def _apply_prompt(self, prompt: str, seq: int) -> int:
         """seq: the client's (echoed as is in prompt_applied) or numbered here."""
         self._prompt_seq = max(self._prompt_seq, seq)
+        self.prompt = prompt
         self.log.debug("set_prompt seq=%d %r", seq, prompt[:80])
         self.engine.set_prompt(prompt, seq)
         return seq

@@ -2,6 +2,7 @@
 // the control channel protocol, and keeps the stream going when the server goes away
 // (reconnecting with backoff, restoring the prompt) or its engine restarts.
 import { fillCameraPicker, openCamera, stopTracks } from "./js/camera.js";
+import { frameCamera } from "./js/framing.js";
 import {
   AppError,
   CONNECTION_FAILED_MESSAGE,
@@ -10,6 +11,7 @@ import {
   INSECURE_MESSAGE,
 } from "./js/errors.js";
 import { canMeasureFps, watchFps } from "./js/fps.js";
+import { canRecord, formatDuration, Recording, saveBlob, snapshot, snapshotName } from "./js/keep.js";
 import {
   adapterStrengthMessage,
   createWatchMessage,
@@ -17,10 +19,12 @@ import {
   pingMessage,
   PROTOCOL_VERSION,
   revokeWatchMessage,
+  rerollMessage,
   setPromptMessage,
 } from "./js/protocol.js";
 import { Heartbeat, retryDelayMs } from "./js/reconnect.js";
 import { accessToken, closeLeftoverSession, Session } from "./js/session.js";
+import { setupStage } from "./js/stage.js";
 import * as ui from "./js/ui.js";
 
 // Longer than any working ICE (LAN or TURN); the server drops unconnected peers after ~8 s.
@@ -31,6 +35,9 @@ const DISCONNECTED_GRACE_MS = 2000;
 const ADAPTER_SEND_INTERVAL_MS = 100;
 // "engine restarting" clears once frames were presented for this long after the error.
 const RESTART_CLEAR_MS = 1000;
+// The user's own recent prompts kept as chips (and in localStorage): a short list.
+const HISTORY_MAX = 8;
+const HISTORY_KEY = "livestyle-prompt-history";
 
 const config = {
   ice_servers: [],
@@ -40,6 +47,8 @@ const config = {
 
 let session = null; // live Session, null when stopped or between reconnect attempts
 let camera = null; // MediaStream from getUserMedia; kept across reconnects
+let framed = { stream: null, stop: () => {} }; // what is sent: the camera cropped or fitted, maybe mirrored
+let facing = "user"; // front or back camera, for the Front/back button
 let attempt = 0; // bumped whenever a session is abandoned, so in-flight work knows
 let connectionState = "new";
 let everConnected = false; // since Start: tells "lost the server" from "could not connect"
@@ -62,6 +71,10 @@ let offeredPrompt = ""; // what went out with /offer
 let cameraSwitch = 0; // lets only the newest camera change win
 let stopFpsWatch = () => {};
 let resumeOnShow = false; // streaming when the page went into the back/forward cache
+let recording = null; // Recording of the stylized stream, while one runs
+let watchAnswers = 0; // "watch" messages received (window.livestyle, for tests)
+let rerollSeq = 0;
+let takeSeed = null; // the seed of the last reroll: a reconnect asks for the same take
 const heartbeat = new Heartbeat((t) => session?.send(pingMessage(t)), () => connectionLost());
 
 window.livestyle = {
@@ -70,6 +83,9 @@ window.livestyle = {
   lastApplied: () => lastApplied,
   sessionId: () => sessionId,
   reconnects: () => reconnects,
+  recording: () => recording?.recording ?? false,
+  watchAnswers: () => watchAnswers,
+  seed: () => takeSeed,
 };
 
 const isSecure = () => window.isSecureContext && !!navigator.mediaDevices;
@@ -111,11 +127,11 @@ async function start() {
   setConnectionState("connecting");
   activePrompt = ui.el.prompt.value.trim() || config.default_prompt;
   try {
-    const stream = await openCamera(ui.el.camera.value);
+    const stream = await openCamera(ui.el.camera.value, cameraOptions());
     if (myAttempt !== attempt) return stopTracks(stream);
     camera = stream;
-    ui.el.local.srcObject = stream;
-    await fillCameraPicker(ui.el.camera, stream.getVideoTracks()[0].getSettings().deviceId);
+    reframe();
+    await refreshPicker();
   } catch (err) {
     if (myAttempt !== attempt) return; // Stop was pressed meanwhile; nothing to report
     teardown();
@@ -142,7 +158,7 @@ async function connect() {
   offeredPrompt = activePrompt;
   connectTimer = setTimeout(() => connectFailed(), CONNECT_TIMEOUT_MS);
   try {
-    const answer = await session.connect(camera.getVideoTracks()[0], offeredPrompt);
+    const answer = await session.connect(framed.stream.getVideoTracks()[0], offeredPrompt);
     if (myAttempt !== attempt) return;
     sessionId = answer.session_id ?? sessionId;
     if (answer.engine) ui.showEngine(answer.engine);
@@ -182,7 +198,7 @@ function connectFailed() {
 function connectionLost() {
   if (!session || !everConnected) return;
   dropSession();
-  ui.el.remote.srcObject = null; // a frozen last frame would look like a live stream
+  showRemoteStream(null); // a frozen last frame would look like a live stream
   retryLater(null);
 }
 
@@ -207,9 +223,11 @@ function dropSession() {
   retryTimer = connectTimer = disconnectTimer = null;
   stopFpsWatch();
   stopFpsWatch = () => {};
+  finishRecording(); // its track ends with the session: keep what was recorded
   session?.close();
   session = null;
   ui.el.share.disabled = true;
+  ui.el.reroll.disabled = true;
   ui.showShare(null); // the link dies with the session
 }
 
@@ -226,10 +244,13 @@ function teardown() {
   retries = 0;
   reconnects = 0;
   restartingSince = null;
+  takeSeed = null; // a new Start is a fresh take
   stopTracks(camera);
   camera = null;
-  ui.el.local.srcObject = null;
-  ui.el.remote.srcObject = null;
+  framed.stop();
+  framed = { stream: null, stop: () => {} };
+  showLocal(null);
+  showRemoteStream(null);
   ui.resetLiveReadouts();
   ui.setStreaming(false);
 }
@@ -254,8 +275,18 @@ function handleConnectionState(state) {
   }
 }
 
-function showRemote(stream) {
+function showLocal(stream) {
+  ui.el.local.srcObject = stream;
+  ui.setCameraLive(!!stream);
+}
+
+function showRemoteStream(stream) {
   ui.el.remote.srcObject = stream;
+  if (!stream) ui.setOutputLive(false); // frames arriving mark it live (see bindEvents)
+}
+
+function showRemote(stream) {
+  showRemoteStream(stream);
   stopFpsWatch();
   stopFpsWatch = watchFps(ui.el.remote, (fps) => {
     ui.showOverlayFps(fps);
@@ -268,6 +299,8 @@ function showRemote(stream) {
 
 function handleChannelOpen() {
   ui.el.share.disabled = false;
+  ui.el.reroll.disabled = false;
+  if (takeSeed !== null) session.send(rerollMessage(++rerollSeq, takeSeed)); // the same take after a reconnect
   heartbeat.start();
   // The user may have applied a new prompt while we were (re)connecting.
   if (activePrompt !== offeredPrompt) sendPrompt(activePrompt);
@@ -285,7 +318,14 @@ function handleMessage(data) {
       if (msg.engine) ui.showEngine(msg.engine);
       break;
     case "watch":
+      watchAnswers++;
       ui.showShare(msg.path);
+      break;
+    case "seed":
+      if (msg.seq === rerollSeq) {
+        takeSeed = msg.seed;
+        ui.setPromptStatus(`New take (seed ${msg.seed}).`, "ok");
+      }
       break;
     case "viewers":
       ui.showViewers(msg.count);
@@ -340,6 +380,7 @@ function handlePromptApplied(msg) {
   const clientMs = performance.now() - latestSent.sentAt;
   lastApplied = { seq: msg.seq, latency_ms: msg.latency_ms, client_ms: clientMs };
   ui.setPromptStatus(`applied in ${Math.round(clientMs)} ms (server ${ui.formatMs(msg.latency_ms)})`, "ok");
+  ui.markPreset(activePrompt);
   ui.showPromptLatency(clientMs);
 }
 
@@ -353,9 +394,64 @@ function applyPrompt(text) {
   const prompt = text.trim();
   if (!prompt) return ui.setPromptStatus("Type a prompt first.", "error");
   activePrompt = prompt;
+  remember(prompt);
+  ui.markPreset(prompt);
   if (session?.channelOpen) sendPrompt(prompt);
   else if (camera) ui.setPromptStatus("Will be sent once connected.", "pending");
   else ui.setPromptStatus("Saved; it is used when you press Start.", "");
+}
+
+function pickPrompt(text) {
+  ui.el.prompt.value = text;
+  applyPrompt(text);
+}
+
+function loadHistory() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(HISTORY_KEY) ?? "[]");
+    return Array.isArray(saved) ? saved.filter((p) => typeof p === "string").slice(0, HISTORY_MAX) : [];
+  } catch {
+    return [];
+  }
+}
+
+/** Newest first, no duplicates, no presets (they have chips already), at most HISTORY_MAX. */
+function remember(prompt) {
+  if ([...ui.el.presets].some((chip) => chip.textContent === prompt)) return;
+  const history = [prompt, ...loadHistory().filter((p) => p !== prompt)].slice(0, HISTORY_MAX);
+  localStorage.setItem(HISTORY_KEY, JSON.stringify(history));
+  ui.showHistory(history, pickPrompt);
+}
+
+function reroll() {
+  if (!session?.channelOpen) return;
+  session.send(rerollMessage(++rerollSeq));
+  ui.setPromptStatus("New take…", "pending");
+}
+
+/** The picker shows the camera in use; Front/back only where there are two or more. */
+async function refreshPicker() {
+  await fillCameraPicker(ui.el.camera, camera?.getVideoTracks()[0]?.getSettings().deviceId);
+  ui.el.flip.hidden = Number(ui.el.camera.dataset.count ?? 0) < 2;
+}
+
+function cameraOptions() {
+  return { resolution: ui.el.resolution.value, facing };
+}
+
+/** Frames the camera as chosen (crop or fit, mirrored or not) and sends that; between
+ * reconnects the next offer takes it. */
+function reframe() {
+  if (!camera) return;
+  const old = framed;
+  framed = frameCamera(camera, { fit: ui.el.framing.value === "fit", mirror: ui.el.mirror.getAttribute("aria-pressed") === "true" });
+  showLocal(framed.stream);
+  try {
+    session?.replaceTrack(framed.stream.getVideoTracks()[0])?.catch(() => {});
+  } catch {
+    // No sender yet: the offer being made takes the new track instead (connect reads `framed`).
+  }
+  if (old.stream !== framed.stream) old.stop();
 }
 
 async function switchCamera() {
@@ -365,12 +461,12 @@ async function switchCamera() {
   // Stop first: many phones cannot open two cameras at the same time.
   stopTracks(previous);
   try {
-    const stream = await openCamera(ui.el.camera.value);
+    const stream = await openCamera(ui.el.camera.value, cameraOptions());
     // Stopped, or another camera was picked, while this one was opening.
     if (camera !== previous || mySwitch !== cameraSwitch) return stopTracks(stream);
     camera = stream;
-    ui.el.local.srcObject = stream;
-    await session?.replaceTrack(stream.getVideoTracks()[0]); // between reconnects: the next offer has it
+    reframe();
+    await refreshPicker();
   } catch (err) {
     if (camera === previous && mySwitch === cameraSwitch) showError(err);
   }
@@ -398,14 +494,76 @@ function adapterInput() {
   }, ADAPTER_SEND_INTERVAL_MS);
 }
 
+// ---- keeping the result ----
+
+function toggleRecording() {
+  if (recording) return finishRecording();
+  const stream = ui.el.remote.srcObject;
+  if (!canRecord || !stream) return;
+  try {
+    recording = new Recording(stream, (ms) => ui.showRecording(formatDuration(ms)));
+  } catch (err) {
+    return ui.showKept(`Recording is not possible in this browser (${err.message}).`);
+  }
+  ui.showRecording("0:00");
+  ui.showKept("Recording… nothing leaves this device.");
+}
+
+/** Stops a running recording and offers its file; nothing is uploaded. */
+async function finishRecording() {
+  if (!recording) return;
+  const done = recording;
+  recording = null;
+  ui.showRecording(null);
+  ui.setOutputLive(ui.el.remote.videoWidth > 0 && !!ui.el.remote.srcObject);
+  const { blob, name, durationMs } = await done.stop();
+  const size = `${(blob.size / 1e6).toFixed(1)} MB`;
+  ui.showKept(`Recorded ${formatDuration(durationMs)} (${size}).`, { url: URL.createObjectURL(blob), name });
+}
+
+async function takeSnapshot() {
+  try {
+    saveBlob(await snapshot(ui.el.remote), snapshotName());
+    ui.showKept("Snapshot saved as a PNG.");
+  } catch (err) {
+    ui.showKept(`No snapshot: ${err.message}.`);
+  }
+}
+
 // ---- wiring ----
 
 function bindEvents() {
   ui.el.start.addEventListener("click", start);
   ui.el.stop.addEventListener("click", stop);
   ui.el.camera.addEventListener("change", switchCamera);
+  ui.el.resolution.addEventListener("change", switchCamera);
+  ui.el.framing.addEventListener("change", reframe);
+  ui.el.mirror.addEventListener("click", () => {
+    const on = ui.el.mirror.getAttribute("aria-pressed") !== "true";
+    ui.el.mirror.setAttribute("aria-pressed", String(on));
+    reframe();
+  });
+  // Phones: front and back by facingMode; a picked camera id would override it.
+  ui.el.flip.addEventListener("click", () => {
+    facing = facing === "user" ? "environment" : "user";
+    ui.el.camera.value = "";
+    switchCamera();
+  });
   ui.el.adapterStrength.addEventListener("input", adapterInput);
-  ui.el.share.addEventListener("click", () => session?.send(createWatchMessage()));
+  // The server answers with the live link again (links already sent keep working).
+  ui.el.share.addEventListener("click", () => {
+    if (!ui.el.sharePanel.hidden) ui.el.sharePanel.focus();
+    session?.send(createWatchMessage());
+  });
+  ui.el.shareRenew.addEventListener("click", () => session?.send(createWatchMessage({ renew: true })));
+  ui.el.record.addEventListener("click", toggleRecording);
+  ui.el.snapshot.addEventListener("click", takeSnapshot);
+  // Live once frames are decoded; a reconnect's new stream starts over (showRemoteStream).
+  for (const event of ["loadeddata", "resize"]) {
+    ui.el.remote.addEventListener(event, () => {
+      if (ui.el.remote.srcObject && ui.el.remote.videoWidth > 0) ui.setOutputLive(true);
+    });
+  }
   ui.el.shareRevoke.addEventListener("click", () => session?.send(revokeWatchMessage()));
   ui.el.shareCopy.addEventListener("click", async () => {
     try {
@@ -420,15 +578,11 @@ function bindEvents() {
     e.preventDefault();
     applyPrompt(ui.el.prompt.value);
   });
-  for (const chip of ui.el.presets) {
-    chip.addEventListener("click", () => {
-      ui.el.prompt.value = chip.textContent;
-      applyPrompt(chip.textContent);
-    });
-  }
+  for (const chip of ui.el.presets) chip.addEventListener("click", () => pickPrompt(chip.textContent));
+  ui.el.reroll.addEventListener("click", reroll);
   if (navigator.mediaDevices) {
     navigator.mediaDevices.addEventListener("devicechange", () =>
-      fillCameraPicker(ui.el.camera, camera?.getVideoTracks()[0]?.getSettings().deviceId),
+      refreshPicker(),
     );
   }
   // pagehide is the one unload event mobile browsers reliably fire. Closing the session
@@ -445,11 +599,25 @@ function bindEvents() {
 
 async function init() {
   closeLeftoverSession(); // before anything else asks for a seat
+  setupStage({
+    stage: ui.el.stage,
+    inset: ui.el.cameraInset,
+    output: ui.el.outputFrame,
+    remote: ui.el.remote,
+    layoutToggle: ui.el.layoutToggle,
+    fullscreen: ui.el.fullscreen,
+    pip: ui.el.pip,
+  });
+  ui.el.record.hidden = !canRecord;
   bindEvents();
   await loadConfig();
+  ui.showHistory(loadHistory(), pickPrompt);
+  ui.markPreset(ui.el.prompt.value.trim());
+  // The frame-rate overlay is a number for the curious: shown with the details open.
+  ui.el.details.addEventListener("toggle", () => (ui.el.stage.dataset.details = String(ui.el.details.open)));
   if (!isSecure()) return ui.showMessage("insecure", INSECURE_MESSAGE);
   // Fills the picker right away when camera permission was granted on an earlier visit.
-  await fillCameraPicker(ui.el.camera).catch(() => {});
+  await refreshPicker().catch(() => {});
 }
 
 init();

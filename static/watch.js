@@ -3,13 +3,15 @@
 import { AppError } from "./js/errors.js";
 import { canMeasureFps, watchFps } from "./js/fps.js";
 import { minimisePlayoutDelay } from "./js/session.js";
-import { WhepViewer } from "./js/whep.js";
+import { LINK_ENDED_MESSAGE, WhepViewer } from "./js/whep.js";
 
 // A brief network blip reports "disconnected" and then recovers; only a longer
 // silence means the broadcaster (or the server) went away.
 const DISCONNECT_GRACE_MS = 5000;
+// How often the style and viewer count beside the video are refreshed.
+const INFO_INTERVAL_MS = 5000;
 
-const STREAM_ENDED_MESSAGE = "The stream ended.";
+const STREAM_ENDED_MESSAGE = "This stream has ended.";
 const NO_TOKEN_MESSAGE =
   "This page needs a complete watch link, like /watch/<token>. Ask the broadcaster to copy their link again.";
 const CONNECT_FAILED_MESSAGE =
@@ -24,6 +26,10 @@ const el = {
   fps: document.getElementById("fps"),
   fpsOverlay: document.getElementById("fps-overlay"),
   toggle: document.getElementById("toggle"),
+  info: document.getElementById("watch-info"),
+  style: document.getElementById("watch-style"),
+  viewers: document.getElementById("watch-viewers"),
+  player: document.querySelector(".watch-player"),
 };
 
 const token = tokenFromPath(location.pathname);
@@ -35,11 +41,13 @@ let wasLive = false; // tells "the stream ended" apart from "never connected"
 let lastFps = 0;
 let disconnectTimer = null;
 let stopFpsWatch = () => {};
+let infoTimer = null;
 
 window.livestyleWatch = {
   state: () => state,
   fps: () => lastFps,
   resource: () => viewer?.resourceUrl ?? null, // the WHEP viewer URL that Stop DELETEs
+  linkEnded: () => state === "ended" && el.toggle.hidden,
 };
 
 /** The last path segment of /watch/<token>; "" when the link is incomplete or mangled. */
@@ -80,6 +88,33 @@ function resetFps() {
   el.fps.textContent = "— fps";
 }
 
+/** The link is dead for good (revoked, expired, broadcaster gone): nothing to retry. */
+function linkEnded(text = LINK_ENDED_MESSAGE) {
+  teardown();
+  clearInterval(infoTimer);
+  el.info.hidden = true;
+  el.toggle.hidden = true;
+  el.player.hidden = true; // an empty black square would look like a stream about to start
+  setState("ended");
+  showMessage("ended", text);
+}
+
+/** The style on now and the viewer count; false once the link has ended (404). */
+async function refreshInfo() {
+  try {
+    const response = await fetch(`/watch/${encodeURIComponent(token)}/info`, { cache: "no-store" });
+    if (response.status === 404) return false;
+    if (!response.ok) return true; // a hiccup, not the end
+    const info = await response.json();
+    el.style.textContent = String(info.prompt ?? "");
+    el.viewers.textContent = `${info.viewers} watching`;
+    el.info.hidden = false;
+  } catch {
+    // Offline for a moment: the video's own connection tells us if it is over.
+  }
+  return true;
+}
+
 // ---- watching ----
 
 async function loadIceServers() {
@@ -118,7 +153,8 @@ async function start() {
     if (myAttempt !== attempt) return; // Stop was pressed meanwhile; nothing to report
     teardown();
     const kind = err instanceof AppError ? err.kind : "error";
-    setState(kind === "ended" ? "ended" : "error");
+    if (kind === "ended") return linkEnded(err.message);
+    setState("error");
     showMessage(kind, err.message ?? String(err));
   }
 }
@@ -144,11 +180,13 @@ function teardown() {
 }
 
 /** The connection dropped or the server closed it: the broadcaster left or revoked the link. */
-function streamLost() {
+async function streamLost() {
   teardown();
   if (wasLive) {
     setState("ended");
     showMessage("ended", STREAM_ENDED_MESSAGE);
+    // Revoked or the broadcaster left: the link is dead and Watch would only fail.
+    if (!(await refreshInfo())) linkEnded();
   } else {
     setState("error");
     showMessage("connection", CONNECT_FAILED_MESSAGE);
@@ -161,6 +199,7 @@ function handleConnectionState(pcState) {
     disconnectTimer = null;
     wasLive = true;
     setState("live");
+    refreshInfo(); // the count now includes this viewer
   } else if (pcState === "failed") {
     streamLost(); // terminal: without an ICE restart it never recovers
   } else if (pcState === "disconnected" && disconnectTimer === null) {
@@ -203,6 +242,10 @@ async function init() {
     showMessage("error", NO_TOKEN_MESSAGE);
     return;
   }
+  if (!(await refreshInfo())) return linkEnded();
+  infoTimer = setInterval(async () => {
+    if (state === "live" && !(await refreshInfo())) linkEnded();
+  }, INFO_INTERVAL_MS);
   iceServers = await loadIceServers();
   await start();
 }

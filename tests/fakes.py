@@ -93,6 +93,7 @@ class FakeBackend:
         )
         self.pipelined = False
         self.strengths: dict[str, float] = {}
+        self.seeds: dict[str, int] = {}
         self.step_delay = step_delay
         self.faults = FakeFaults()
         self.fail_next_step: Exception | None = None
@@ -149,6 +150,9 @@ class FakeBackend:
 
     def recover(self, exc: BaseException) -> bool:
         return self.faults.recover(exc)
+
+    def reseed(self, session_id: str, seed: int) -> None:
+        self.seeds[session_id] = seed
 
     def set_adapter_strength(self, session_id: str, value: float) -> None:
         if self.info.adapter is None:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, EngineConfig
+from pipeline.config import ConfigError, DiffusionConfig, EngineConfig
 from server.config import ServerConfig, load_config, parse_ice_server
 from signaling.ice import IceServer
 
@@ -81,3 +81,12 @@ def test_ice_server_forms():
         parse_ice_server("http://example.org")
     with pytest.raises(ConfigError):
         parse_ice_server("{bad json")
+
+
+def test_prompt_blend_from_environment_and_flag_and_its_range():
+    assert load_config([], environ={}).engine.diffusion.prompt_blend == 4  # on by default
+    config = load_config([], environ={"LIVESTYLE_PROMPT_BLEND": "0"})
+    assert config.engine.diffusion.prompt_blend == 0
+    assert load_config(["--prompt-blend", "8"], environ={}).engine.diffusion.prompt_blend == 8
+    with pytest.raises(ConfigError, match=r"prompt_blend 121 .* 0\.\.120 \(--prompt-blend\)"):
+        DiffusionConfig(prompt_blend=121)

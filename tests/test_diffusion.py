@@ -20,7 +20,7 @@ from pipeline.diffusion.schedule import FlowSchedule
 from pipeline.diffusion.stages import DenoiseDecode, encode_reference
 from pipeline.diffusion.text import EDIT_INSTRUCTION, EDIT_TEMPLATE, SYSTEM_PREFIX_TOKENS, TextConditioner
 from pipeline.diffusion.tiny import build_tiny_components, tiny_pipeline
-from pipeline.messages import AddSession, EngineInfo, FrameIn, PromptApplied, SessionError, SetPrompt
+from pipeline.messages import AddSession, EngineInfo, FrameIn, PromptApplied, Reseed, SessionError, SetPrompt
 
 pytestmark = [pytest.mark.diffusion, pytest.mark.timeout(300)]
 
@@ -156,6 +156,66 @@ def test_prompt_change_applies_to_the_next_step_of_that_session_only(clip):
     assert np.array_equal(second["b"].image, first["b"]) and second["b"].prompt_seq == 0
     applied = [e for e in result.events if isinstance(e, PromptApplied)]
     assert [(e.session_id, e.seq) for e in applied] == [("a", 1)]
+
+
+def test_reseed_changes_that_sessions_noise_only_and_its_seed_gives_back_the_original(clip):
+    core = EngineCore(backend(**PIPELINE_SETTINGS))
+    core.execute(AddSession("a", PROMPT))
+    core.execute(AddSession("b", PROMPT))
+    f = clip[3]
+    first = {o.session_id: o.image for o in core.step([frame("a", f), frame("b", f)]).outputs}
+    assert np.array_equal(first["a"], first["b"])  # same prompt, same seed, same frame
+    assert core.execute(Reseed("a", 7, 1)) == []
+    second = {o.session_id: o.image for o in core.step([frame("a", f), frame("b", f)]).outputs}
+    assert np.abs(second["a"].astype(int) - first["a"].astype(int)).mean() > 1, "new noise changed nothing"
+    assert np.array_equal(second["b"], first["b"])
+    assert core.execute(Reseed("a", SEED, 2)) == []  # the configured seed: the original take
+    third = {o.session_id: o.image for o in core.step([frame("a", f)]).outputs}
+    assert np.abs(third["a"].astype(int) - first["a"].astype(int)).max() <= 1
+    errors = core.execute(Reseed("nobody", 1, 3))
+    assert [e.code for e in errors] == ["unknown_session"]
+
+
+NEW_PROMPT = "a charcoal drawing at night"
+
+
+@pytest.mark.parametrize("blend", [3, 0])
+def test_a_new_prompt_blends_in_over_the_configured_number_of_frames(clip, blend):
+    """Session "a" switches prompt; "old" keeps the old one and "new" had the new one from the
+    start (same frame: same conditioning in mode 'every'). With prompt_blend=N, the UNet's
+    conditioning of "a" for the next N frames is lerp(old, new, k/(N+1)), k = 1..N, and
+    frame N+1 is the new prompt's, pixel for pixel."""
+    b = backend(**PIPELINE_SETTINGS, prompt_blend=blend)
+    conds: list[torch.Tensor] = []
+    denoise = b.denoise
+
+    def spy(noise, reference, cond, cond_mask):
+        conds.append(cond.clone())
+        return denoise(noise, reference, cond, cond_mask)
+
+    b.denoise = spy  # type: ignore[assignment]
+    core = EngineCore(b)
+    order = ("a", "old", "new")
+    for sid, prompt in zip(order, (PROMPT, PROMPT, NEW_PROMPT), strict=True):
+        core.execute(AddSession(sid, prompt))
+    f = clip[3]
+
+    def step() -> tuple[dict[str, np.ndarray], torch.Tensor]:
+        result = core.step([frame(s, f) for s in order])
+        return {o.session_id: o.image for o in result.outputs}, conds[-1]
+
+    images, _ = step()
+    while len(images) < 3:  # first conditionings are handed out a few sessions per step
+        images, _ = step()
+    core.execute(SetPrompt("a", NEW_PROMPT, 1, time.monotonic()))
+    for k in range(1, blend + 1):
+        images, cond = step()
+        expected = torch.lerp(cond[1], cond[2], k / (blend + 1))
+        assert torch.allclose(cond[0], expected, atol=1e-5), f"blended frame {k}: not the expected mix"
+        assert not np.array_equal(images["a"], images["new"])
+    images, cond = step()
+    assert torch.equal(cond[0], cond[2]), f"frame {blend + 1} is not conditioned on the new prompt alone"
+    assert np.abs(images["a"].astype(int) - images["new"].astype(int)).max() <= 1
 
 
 def test_prompt_over_the_token_budget_is_refused_and_the_old_prompt_kept(clip):

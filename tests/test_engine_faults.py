@@ -128,9 +128,10 @@ async def test_a_fatal_error_rebuilds_the_engine_and_sessions_resume_with_prompt
     streams = [Stream(a), Stream(b)]
     a.set_prompt("aaaaa", 1)
     a.set_adapter_strength(0.5, 2)
+    a.reseed(9, 1)
     await streams[0].until(lambda: any(isinstance(e, PromptApplied) for e in streams[0].events))
     old = engines.backends[0]
-    assert isinstance(old, FakeBackend) and old.strengths == {"a": 0.5}
+    assert isinstance(old, FakeBackend) and old.strengths == {"a": 0.5} and old.seeds == {"a": 9}
     old.fail_next_step = RuntimeError("CUDA error: an illegal memory access was encountered")
     t_fault = time.monotonic()
     await streams[0].until(lambda: "engine_restarting" in streams[0].codes())
@@ -144,6 +145,7 @@ async def test_a_fatal_error_rebuilds_the_engine_and_sessions_resume_with_prompt
     after = streams[0].frames_after(t_fault)
     assert {(o.prompt_seq, int(o.image[0, 0, 0])) for o in after} <= {(1, 5), (3, 7)}  # exact: seq <-> prompt
     assert new.prompts == {"a": "aaaaaaa", "b": "b"} and new.strengths == {"a": 0.5}
+    assert new.seeds == {"a": 9}  # a reroll survives the rebuild
     assert [e.seq for e in streams[0].events if isinstance(e, PromptApplied)] == [1, 3]
     await streams[1].until(lambda: len(streams[1].frames_after(recovered)) >= 3)
     assert "engine_restarting" in streams[1].codes()

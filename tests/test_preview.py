@@ -87,3 +87,21 @@ def test_single_core_speed_is_recorded(frame, record_property):
         cv2.setNumThreads(0)
     record_property("preview_ms_per_frame", ms)
     assert ms < 300  # only catches a pathological slowdown (loaded 2-core CI), not a timing target
+
+
+def test_reseed_gives_another_take_of_the_same_prompt_and_keeps_it_across_prompts(frame):
+    backend = PreviewBackend()
+    backend.open_session("a", "pencil sketch")
+    backend.open_session("b", "pencil sketch")
+    (before,) = backend.submit([frame_in("a", frame)])
+    backend.reseed("a", 1234)
+    out_a, out_b = backend.submit([frame_in("a", frame), frame_in("b", frame)])
+    assert np.abs(out_a.astype(int) - before.astype(int)).mean() > 2, "the reroll changed nothing"
+    assert np.array_equal(out_b, before)  # the other session keeps its take
+    assert np.array_equal(out_a, stylize_image(frame, style_for_prompt("pencil sketch", 1234)))  # deterministic
+    backend.set_prompt("a", "neon cyberpunk")  # the seed stays with the session
+    (neon,) = backend.submit([frame_in("a", frame)])
+    assert np.array_equal(neon, stylize_image(frame, style_for_prompt("neon cyberpunk", 1234)))
+    backend.reseed("a", 0)  # seed 0 is the prompt's original look
+    (back,) = backend.submit([frame_in("a", frame)])
+    assert np.array_equal(back, stylize_image(frame, style_for_prompt("neon cyberpunk")))

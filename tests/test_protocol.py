@@ -16,6 +16,7 @@ from signaling.protocol import (
     PingMsg,
     PromptAppliedMsg,
     ProtocolError,
+    RerollMsg,
     RevokeWatchMsg,
     SetAdapterStrengthMsg,
     SetPromptMsg,
@@ -40,6 +41,9 @@ def test_set_prompt_and_ping_parse():
     assert parse({"v": 1, "type": "set_adapter_strength", "value": 1.25, "seq": 2}) == SetAdapterStrengthMsg(1.25, 2)
     assert parse(b'{"v":1,"type":"ping","t":1}') == PingMsg(1.0)
     assert parse({"v": 1, "type": "create_watch"}) == CreateWatchMsg()
+    assert parse({"v": 1, "type": "create_watch", "renew": True}) == CreateWatchMsg(renew=True)
+    assert parse({"v": 1, "type": "reroll", "seq": 3}) == RerollMsg(seq=3)
+    assert parse({"v": 1, "type": "reroll", "seq": 4, "seed": 99}) == RerollMsg(seq=4, seed=99)
     assert parse({"v": 1, "type": "revoke_watch", "extra": [1, {"a": None}]}) == RevokeWatchMsg()
     assert parse({"v": 1, "type": "set_prompt", "prompt": "ölgemälde, 油画 🎨", "seq": 2**53 - 1}).seq == 2**53 - 1
 
@@ -66,6 +70,11 @@ def test_set_prompt_and_ping_parse():
         ('{"v": 1, "type": "set_prompt", "prompt": "x", "seq": 1.5}', "bad_message"),
         ('{"v": 1, "type": "set_prompt", "prompt": "x", "seq": 9007199254740992}', "bad_message"),
         ('{"v": 1, "type": "set_prompt", "prompt": "x"}', "bad_message"),
+        ('{"v": 1, "type": "create_watch", "renew": "yes"}', "bad_message"),
+        ('{"v": 1, "type": "reroll"}', "bad_message"),
+        ('{"v": 1, "type": "reroll", "seq": 1, "seed": -1}', "bad_value"),
+        ('{"v": 1, "type": "reroll", "seq": 1, "seed": 2147483648}', "bad_value"),
+        ('{"v": 1, "type": "reroll", "seq": 1, "seed": 1.5}', "bad_value"),
         ('{"v": 1, "type": "set_prompt", "prompt": "a\\u0000b", "seq": 1}', "prompt_invalid"),
         ('{"v": 1, "type": "set_prompt", "prompt": "\\ud800", "seq": 1}', "prompt_invalid"),
         ('{"v": 1, "type": "ping", "t": "soon"}', "bad_message"),

@@ -84,6 +84,43 @@ async def test_viewers_receive_the_broadcasters_stylized_frames(preview_server, 
         await source.close()
 
 
+async def test_share_again_keeps_the_link_until_renewed_and_info_shows_style_and_viewers(preview_server, clip):
+    """A second Share returns the same link (links already sent keep working); renew makes a
+    new one and ends the old one with its viewers; /watch/<token>/info tells the viewer page
+    the style on now and the viewer count, and a dead link's info is a 404."""
+    srv, base = await preview_server()
+    async with ClientSession() as http:
+        source, watch = await broadcaster(http, base, clip)
+        source.send(type="create_watch")
+        again = await source.wait_message(lambda m: m["type"] == "watch" and m is not watch)
+        assert again["token"] == watch["token"]
+
+        async with http.get(f"{base}/watch/{watch['token']}/info") as resp:
+            assert resp.status == 200 and await resp.json() == {"prompt": "neon cyberpunk", "viewers": 0}
+        first = viewer()
+        assert (await first.post(http, f"{base}/whep/{watch['token']}"))[0] == 201
+        source.send(type="set_prompt", prompt="pencil  sketch", seq=1)
+        await source.wait_message(lambda m: m["type"] == "prompt_applied")
+        async with http.get(f"{base}/watch/{watch['token']}/info") as resp:
+            assert await resp.json() == {"prompt": "pencil sketch", "viewers": 1}
+
+        source.send(type="create_watch", renew=True)
+        renewed = await source.wait_message(lambda m: m["type"] == "watch" and m["token"] != watch["token"])
+        assert renewed["token"]
+        async with http.get(f"{base}/watch/{watch['token']}/info") as resp:
+            assert resp.status == 404
+        async with http.get(f"{base}/watch/{renewed['token']}/info") as resp:
+            assert resp.status == 200
+        registry = srv.app[REGISTRY]
+        for _ in range(50):  # the old link's viewer is disconnected
+            if not any(s.viewers for s in registry._sessions.values()):
+                break
+            await asyncio.sleep(0.1)
+        assert not any(s.viewers for s in registry._sessions.values())
+        await first.close()
+        await source.close()
+
+
 async def test_revoked_expired_and_orphaned_links_are_404(preview_server, clip):
     srv, base = await preview_server(max_viewers=1)
     registry = srv.app[REGISTRY]

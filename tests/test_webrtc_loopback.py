@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.webrtc, pytest.mark.timeout(120)]
 
 PROMPT_A = "oil painting, vibrant colors"
 PROMPT_B = "neon cyberpunk"
+REROLL_SEED = 4  # its take of PROMPT_A is far from seed 0's (mean difference ~37 on a DAVIS frame)
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +153,40 @@ async def test_set_prompt_round_trip_changes_the_output(preview_server, clip):
     assert statistics.median(a_styled) < 0.6 * statistics.median(a_old)  # now looks like the new prompt
     colour = lambda frames: np.mean([f.image[:MARK_Y].reshape(-1, 3).mean(0) for f in frames], 0)  # noqa: E731
     assert np.abs(colour(after) - colour(before)).max() > 10  # and visibly changed
+
+
+def style_distance(clip, received, style) -> float:
+    """Median mean-absolute difference of the stamped frames to `style`'s rendering."""
+    errors = []
+    for r in received:
+        index = read_stamp(r.image)
+        if index is not None:
+            expected = stylize_image(stamp(clip[index % len(clip)], index), style)
+            errors.append(np.abs(r.image[:MARK_Y].astype(np.int16) - expected[:MARK_Y]).mean())
+    assert errors, "no stamped frames"
+    return statistics.median(errors)
+
+
+async def test_reroll_picks_a_seed_says_which_and_the_frames_follow_it(preview_server, clip):
+    _, base = await preview_server()
+    async with ClientSession() as http:
+        client = LoopbackClient(base, ClipTrack(clip, fps=30), prompt=PROMPT_A)
+        await client.connect(http)
+        await client.wait_frames(10, timeout=15)
+        client.send(type="reroll", seq=1)  # the server picks the seed
+        picked = await client.wait_message(lambda m: m["type"] == "seed")
+        client.send(type="reroll", seq=2, seed=REROLL_SEED)  # a take the test knows is far from seed 0's
+        reply = await client.wait_message(lambda m: m["type"] == "seed" and m["seq"] == 2)
+        n_switch = len(client.received)
+        await client.wait_frames(n_switch + 20, timeout=15)
+        await client.close()
+    assert picked["seq"] == 1 and 1 <= picked["seed"] < 2**31
+    assert reply["seed"] == REROLL_SEED
+    after = client.received[n_switch + 8 :]
+    new, old = style_for_prompt(PROMPT_A, REROLL_SEED), style_for_prompt(PROMPT_A)
+    to_new, to_old = style_distance(clip, after, new), style_distance(clip, after, old)
+    print(f"\nreroll: seed {reply['seed']}, distance to the new take {to_new:.1f}, to the old {to_old:.1f}")
+    assert to_new < 0.6 * to_old
 
 
 async def test_bad_control_messages_get_errors_and_the_session_survives(preview_server, clip):

@@ -43,7 +43,7 @@ from pipeline.diffusion.schedule import FlowSchedule
 from pipeline.diffusion.stages import ReferenceEncoder
 from pipeline.diffusion.streams import KeepAlive, StreamSet
 from pipeline.diffusion.text import TextConditioner
-from pipeline.diffusion.text_plan import DiffusionSession, TextPlanner
+from pipeline.diffusion.text_plan import DiffusionSession, TextPlanner, advance_blends, blended
 from pipeline.diffusion.upload import RING, FrameUploader
 from pipeline.diffusion.warmup import WarmupOutOfMemory, warm_up
 from pipeline.messages import EngineInfo, FrameIn
@@ -149,8 +149,19 @@ class DiffusionBackend:
             raise AdapterUnavailable("this engine runs without a temporal adapter (start it with --lllite PATH)")
         self.adapter.set_strength(session_id, value)
 
+    def reseed(self, session_id: str, seed: int) -> None:
+        # Steps in flight keep the noise they were batched with (torch.cat copied it).
+        self._sessions[session_id].noise = self.uploader.noise(seed, self.latent, self.dtype)
+        if self.adapter is not None:
+            self.adapter.restart(session_id)  # its state follows the old noise's frames
+
     def set_prompt(self, session_id: str, prompt: str) -> None:
         s = self._sessions[session_id]
+        if self.config.prompt_blend > 0 and s.current is not None:
+            # From what frames show now (the old prompt's, or a blend still under way: its start).
+            if s.blend_from is None:
+                s.blend_from = s.current
+            s.blend_step = 0
         s.prompt, s.tokens = prompt, self.planner.tokens(prompt)
         s.text_stale = True  # a new prompt refreshes the conditioning at the next step
         if self.adapter is not None:
@@ -177,13 +188,15 @@ class DiffusionBackend:
             clock.mark(side_marks, "vae_encode")
             per_row = self.planner.conditioning(sessions, pixels)
             clock.mark(side_marks, "text_encoder")
+            old = [s.blend_from for s in sessions if s.blend_from is not None]
+            self.text_stage.wait(per_row + old, streams.side_stream())
+            per_row = blended(sessions, per_row, self.config.prompt_blend)
             per_row += [per_row[-1]] * (bucket - rows)
-            self.text_stage.wait(per_row, streams.side_stream())
             cond = torch.stack([c.cond for c in per_row])
             cond_mask = torch.stack([c.mask for c in per_row])
             noise = torch.cat([s.noise for s in sessions] + [sessions[-1].noise] * (bucket - rows))
             ready = streams.record()
-            self.keep.hold(ready, per_row)  # text-stream tensors read by the stacks above
+            self.keep.hold(ready, per_row + old)  # text-stream tensors read by the stacks above
         with streams.on_main():
             streams.wait(streams.main, ready)
             main_marks = clock.new()
@@ -197,6 +210,7 @@ class DiffusionBackend:
             done = streams.record(blocking=True)  # collect() sleeps on it
         for s in {id(x): x for x in sessions}.values():
             s.steps_since_text += 1
+        advance_blends(sessions, self.config.prompt_blend)
         return _Ticket(
             rows,
             out,

@@ -38,6 +38,34 @@ class DiffusionSession:
     steps_since_text: int = 0
     text_stale: bool = True
     """True after a prompt change: the next frame must wait for fresh conditioning."""
+    blend_from: Conditioning | None = None
+    """The old prompt's conditioning while a prompt change blends in."""
+    blend_step: int = 0
+    """Blended steps made so far."""
+
+
+def blended(sessions: list[DiffusionSession], per_row: list[Conditioning], steps: int) -> list[Conditioning]:
+    """Each row's conditioning with a prompt change blending in: step k of `steps` uses
+    (k+1)/(steps+1) of the new one (lerp of the hidden states; the masks' union, so both
+    prompts' tokens are attended). Run on the side stream after waiting for both."""
+    out = list(per_row)
+    weights: dict[int, float] = {}
+    for i, s in enumerate(sessions):
+        if s.blend_from is None or i >= len(per_row):
+            continue
+        w = weights.setdefault(id(s), (s.blend_step + 1) / (steps + 1))
+        old, new = s.blend_from, per_row[i]
+        out[i] = Conditioning(torch.lerp(old.cond, new.cond, w), torch.maximum(old.mask, new.mask))
+    return out
+
+
+def advance_blends(sessions: list[DiffusionSession], steps: int) -> None:
+    """After a step: one more blended step per blending session; done after `steps`."""
+    for s in {id(x): x for x in sessions}.values():
+        if s.blend_from is not None:
+            s.blend_step += 1
+            if s.blend_step >= steps:
+                s.blend_from, s.blend_step = None, 0
 
 
 class TextPlanner:

@@ -10,9 +10,15 @@ export const setPromptMessage = (prompt, seq) =>
 export const adapterStrengthMessage = (value, seq) =>
   JSON.stringify({ v: PROTOCOL_VERSION, type: "set_adapter_strength", value, seq });
 
-export const createWatchMessage = () => JSON.stringify({ v: PROTOCOL_VERSION, type: "create_watch" });
+/** renew: a new link; the current one ends (without it the server answers with the live one). */
+export const createWatchMessage = ({ renew = false } = {}) =>
+  JSON.stringify({ v: PROTOCOL_VERSION, type: "create_watch", ...(renew ? { renew: true } : {}) });
 
 export const revokeWatchMessage = () => JSON.stringify({ v: PROTOCOL_VERSION, type: "revoke_watch" });
+
+/** seed: a take to go back to; without it the server picks one (and says which). */
+export const rerollMessage = (seq, seed = null) =>
+  JSON.stringify({ v: PROTOCOL_VERSION, type: "reroll", seq, ...(seed === null ? {} : { seed }) });
 
 export const pingMessage = (t) => JSON.stringify({ v: PROTOCOL_VERSION, type: "ping", t });
 

@@ -6,7 +6,7 @@ import { waitForIceGathering } from "./session.js";
 
 const ICE_GATHERING_TIMEOUT_MS = 5000;
 
-export const LINK_ENDED_MESSAGE = "This watch link has ended (the broadcaster stopped or revoked it).";
+export const LINK_ENDED_MESSAGE = "This stream has ended: the broadcaster stopped or revoked the link.";
 export const VIEWERS_FULL_MESSAGE = "This stream has the maximum number of viewers; try again later.";
 
 export class WhepViewer {
