@@ -227,11 +227,17 @@ def test_ctrl_c_leaves_no_half_written_output(tmp_path):
     source = long_clip(tmp_path / "long.mp4", repeats=8)
     target = tmp_path / "out.mp4"
     partial = partial_path(target)
+    # Ctrl-C as in a terminal: a runner that started us in the background (nohup, `cmd &`)
+    # hands down SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+    as_in_a_terminal = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'livestyle'; runpy.run_module('server.cli', run_name='__main__')"
+    )
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "server.cli",
+            "-c",
+            as_in_a_terminal,
             "stylize",
             str(source),
             str(target),
