@@ -15,6 +15,7 @@ from bench.harness import adapter_layouts
 from bench.run import BUDGET
 from pipeline.config import DiffusionConfig, EngineConfig
 from pipeline.core import EngineCore
+from pipeline.diffusion import tuning
 
 if TYPE_CHECKING:
     from bench.engine_scenarios import EngineScenarios
@@ -73,7 +74,7 @@ class AdapterScenarios:
     def paper_point(self, core: EngineCore, backend: Any, frames: list[np.ndarray]) -> None:
         """The paper's configuration: B=8, the text encoder every batch on one representative
         frame, LLLite on the 38 down-block sites refreshed every 8 steps, one step, 512x512."""
-        backend.reconfigure_text(text_mode="every", representative_frame=True)
+        tuning.reconfigure_text(backend, text_mode="every", representative_frame=True)
         backend.adapter.refresh = 8
         backend.adapter.counts.clear()
         row = run_clip(core, frames, 8, self.config.frames, self.config.prompt)
@@ -88,7 +89,7 @@ class AdapterScenarios:
 
     def adapter_sweep(self, core: EngineCore, backend: Any, frames: list[np.ndarray]) -> None:
         """Cached prompt, B=8, per refresh period; the cached_prompt scenario is the adapter off."""
-        backend.reconfigure_text(text_mode="refresh", text_refresh=16, representative_frame=True)
+        tuning.reconfigure_text(backend, text_mode="refresh", text_refresh=16, representative_frame=True)
         section = self.out.scenarios.setdefault("adapter", {"text": text_settings(backend), "rows": []})
         for refresh in self.config.adapter_refresh:
             backend.adapter.refresh = refresh

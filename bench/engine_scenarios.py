@@ -23,6 +23,7 @@ from bench.stats import latency_block
 from pipeline.client import EngineClient, EngineSpec
 from pipeline.config import DiffusionConfig, EngineConfig
 from pipeline.core import EngineCore
+from pipeline.diffusion import tuning
 from pipeline.messages import AddSession, FrameIn, RemoveSession
 from pipeline.stats import EngineStats
 
@@ -185,14 +186,14 @@ class EngineScenarios:
         core, backend = self.build("main", main, components)
         check_frames = [FrameIn("check", frames[i * 5], i, TB, time.monotonic()) for i in range(4)]
         core.execute(AddSession("check", c.prompt))
-        diff = backend.compiled_vs_eager(check_frames)
+        diff = tuning.compiled_vs_eager(backend, check_frames)
         core.execute(RemoveSession("check"))
         if diff is not None:  # omitted when nothing is compiled (CPU)
             self.out.scenarios["compiled_vs_eager"] = diff
         self.offline(core, backend, frames)
         if self.wanted("sessions"):
-            backend.reconfigure_text(
-                text_mode=c.live_text_mode, text_refresh=c.live_text_refresh, representative_frame=True
+            tuning.reconfigure_text(
+                backend, text_mode=c.live_text_mode, text_refresh=c.live_text_refresh, representative_frame=True
             )
             text = text_settings(backend)
             rows = run_live(core, backend.info, frames, c)
@@ -202,7 +203,7 @@ class EngineScenarios:
         core.close()
 
     def clip_section(self, name: str, backend: Any, **text: Any) -> dict:
-        backend.reconfigure_text(**text)
+        tuning.reconfigure_text(backend, **text)
         return self.out.scenarios.setdefault(name, {"text": text_settings(backend), "rows": []})
 
     def offline(self, core: EngineCore, backend: Any, frames: list[np.ndarray]) -> None:
@@ -235,15 +236,15 @@ class EngineScenarios:
             backend.clock.enabled = False
             self.out.save()
         if self.wanted("serial"):  # the same B=8 runs with every stage on one stream: what the overlap buys
-            backend.set_overlap(False)
+            tuning.set_overlap(backend, False)
             serial: dict[str, Any] = {}
             for name, text in (
                 ("paper", {"text_mode": "every", "representative_frame": False}),
                 ("cached_prompt", {"text_mode": "refresh", "text_refresh": 16, "representative_frame": True}),
             ):
-                backend.reconfigure_text(**text)
+                tuning.reconfigure_text(backend, **text)
                 row = run_clip(core, frames, 8, c.frames, c.prompt)
                 serial[name] = {"text": text_settings(backend), "rows": [row]}
-            backend.set_overlap(True)
+            tuning.set_overlap(backend, True)
             self.out.scenarios["serial"] = serial
             self.out.save()

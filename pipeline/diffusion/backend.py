@@ -20,7 +20,6 @@ side-stream work of batch n+1. Cross-stream ordering and lifetimes: streams.py. 
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 from collections.abc import Callable, Sequence
@@ -43,7 +42,7 @@ from pipeline.diffusion.schedule import FlowSchedule
 from pipeline.diffusion.stages import ReferenceEncoder
 from pipeline.diffusion.streams import KeepAlive, StreamSet
 from pipeline.diffusion.text import TextConditioner
-from pipeline.diffusion.text_plan import DiffusionSession, TextPlanner, advance_blends, blended
+from pipeline.diffusion.text_plan import DiffusionSession, TextPlanner, advance_blends, blended, start_blend
 from pipeline.diffusion.upload import RING, FrameUploader
 from pipeline.diffusion.warmup import WarmupOutOfMemory, warm_up
 from pipeline.messages import EngineInfo, FrameIn
@@ -157,11 +156,7 @@ class DiffusionBackend:
 
     def set_prompt(self, session_id: str, prompt: str) -> None:
         s = self._sessions[session_id]
-        if self.config.prompt_blend > 0 and s.current is not None:
-            # From what frames show now (the old prompt's, or a blend still under way: its start).
-            if s.blend_from is None:
-                s.blend_from = s.current
-            s.blend_step = 0
+        start_blend(s, self.config.prompt_blend)
         s.prompt, s.tokens = prompt, self.planner.tokens(prompt)
         s.text_stale = True  # a new prompt refreshes the conditioning at the next step
         if self.adapter is not None:
@@ -254,40 +249,16 @@ class DiffusionBackend:
         log.warning("out of GPU memory in a step (%s): its frames are dropped, the cache freed", exc)
         return True
 
-    # ---- introspection (benchmarks, /healthz) and warm-up ------------------------------------
+    # ---- introspection (/healthz, benchmarks: see tuning.py) and warm-up ---------------------
 
-    def set_overlap(self, on: bool) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)  # nothing in flight may straddle the switch
-        self.streams.overlap = on
-
-    def reconfigure_text(self, **changes: Any) -> None:
-        """Switch text-encoder scheduling at run time (benchmarks compare modes on one
-        compiled engine). Image-aware modes only: 'prompt' changes the token layout."""
-        config = dataclasses.replace(self.config, **changes)
-        if (config.text_mode == "prompt") != self.planner.text_only:
-            raise ValueError("cannot switch between text-only and image-aware modes at run time")
-        self.config = self.planner.config = config
+    def mark_text_stale(self) -> None:
+        """Every session's next step encodes its conditioning afresh."""
         for s in self._sessions.values():
             s.text_stale = True
 
     def device_info(self) -> dict[str, Any]:
         dtype = str(self.dtype).removeprefix("torch.")
         return {**describe_device(self.device), "dtype": dtype, "compile": self.denoise.mode}
-
-    @torch.inference_mode()
-    def compiled_vs_eager(self, frames: Sequence[FrameIn]) -> dict[str, float] | None:
-        """Run one batch through the compiled graph and the same module eagerly: how far
-        apart are the uint8 frames? (None when nothing is compiled.)"""
-        if self.denoise.mode == "none":
-            return None
-        compiled = self.collect(self.submit(frames))
-        with self.denoise.eager_only():
-            for s in self._sessions.values():
-                s.text_stale = True  # same conditioning path for both runs
-            reference = self.collect(self.submit(frames))
-        diff = np.abs(np.stack(compiled).astype(np.int16) - np.stack(reference).astype(np.int16))
-        return {"max_abs_diff": float(diff.max()), "mean_abs_diff": round(float(diff.mean()), 4)}
 
     def peak_memory_mb(self, reset: bool = False) -> float | None:
         return peak_memory_mb(self.device, reset)

@@ -44,6 +44,15 @@ class DiffusionSession:
     """Blended steps made so far."""
 
 
+def start_blend(s: DiffusionSession, steps: int) -> None:
+    """A prompt change: blend from what frames show now (the old prompt's conditioning,
+    or the start of a blend still under way) over the next `steps` steps."""
+    if steps > 0 and s.current is not None:
+        if s.blend_from is None:
+            s.blend_from = s.current
+        s.blend_step = 0
+
+
 def blended(sessions: list[DiffusionSession], per_row: list[Conditioning], steps: int) -> list[Conditioning]:
     """Each row's conditioning with a prompt change blending in: step k of `steps` uses
     (k+1)/(steps+1) of the new one (lerp of the hidden states; the masks' union, so both
