@@ -35,11 +35,15 @@ ROUTES = [
     "/",
     "/offer",
     "/healthz",
+    "/readyz",
+    "/admin/drain",
     "/metrics",
     "/api/config",
     "/api/ice-servers",
     "/static/{a}",
     "/watch/{a}",
+    "/watch/{a}/info",
+    "/session/{a}/close",
     "/whip",
     "/whip/{a}",
     "/whip/{a}/prompt",
@@ -330,7 +334,14 @@ async def live_resources(edge):
         await publisher.close()
 
 
-LIVE_ROUTES = ["/whip/{session}", "/whip/{session}/prompt", "/whep/{token}", "/whep/{token}/{viewer}", "/watch/{token}"]
+LIVE_ROUTES = [
+    "/whip/{session}",
+    "/whip/{session}/prompt",
+    "/whep/{token}",
+    "/whep/{token}/{viewer}",
+    "/watch/{token}",
+    "/watch/{token}/info",
+]
 
 
 @settings(FUZZ, max_examples=150)
