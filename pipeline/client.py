@@ -197,6 +197,12 @@ class EngineSession:
         self._seed: Reseed | None = None
         self._closed = False
 
+    @property
+    def prompt(self) -> str:
+        """The style asked for last: a newer prompt not yet confirmed, else the one frames
+        are made with ("" once the initial prompt was refused)."""
+        return self._requested.prompt if self._requested is not None else self._applied[0]
+
     def submit(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
         """Hand the newest camera frame to the engine; never blocks."""
         if self._out.closed:

@@ -141,7 +141,6 @@ class SessionRegistry:
             kind=kind,
             watch_directory=self,
         )
-        session.prompt = prompt
         pc.on("track", session.on_track)
         pc.on("datachannel", session.on_datachannel)
         try:

@@ -133,7 +133,6 @@ class Session:
         )
         self._watch_directory = watch_directory
         self._prompt_seq = 0
-        self.prompt = ""  # the style asked for last (the viewer page shows it)
         # Lets the page free its slot at once when it goes away (POST with this secret).
         self.close_secret = secrets.token_urlsafe(16)
 
@@ -203,6 +202,11 @@ class Session:
             except EngineUnavailable as exc:  # the engine is gone: tell the client
                 raise ProtocolError("engine_failed", str(exc), msg.seq) from None
 
+    @property
+    def prompt(self) -> str:
+        """The style asked for last (the viewer page shows it)."""
+        return self.engine.prompt
+
     def set_prompt(self, prompt: str) -> int:
         """Change the style from outside the data channel (a WHIP publisher's control endpoint):
         same rate limit and checks as set_prompt messages; returns the seq given to it.
@@ -213,7 +217,6 @@ class Session:
     def _apply_prompt(self, prompt: str, seq: int) -> int:
         """seq: the client's (echoed as is in prompt_applied) or numbered here."""
         self._prompt_seq = max(self._prompt_seq, seq)
-        self.prompt = prompt
         self.log.debug("set_prompt seq=%d %r", seq, prompt[:80])
         self.engine.set_prompt(prompt, seq)
         return seq
