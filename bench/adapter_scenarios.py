@@ -13,7 +13,7 @@ import numpy as np
 from bench.clip_runs import run_clip, text_settings
 from bench.harness import adapter_layouts
 from bench.run import BUDGET
-from pipeline.config import DiffusionConfig, EngineConfig
+from pipeline.config import EngineConfig
 from pipeline.core import EngineCore
 from pipeline.diffusion import tuning
 
@@ -43,8 +43,7 @@ class AdapterScenarios:
                 if not self.runner.clock.begin(f"lllite:{blocks}"):
                     self.out.skip(f"adapter engine {blocks}", BUDGET)
                     continue
-                diffusion = DiffusionConfig(
-                    compile=c.compile,
+                diffusion = c.diffusion_config(
                     text_mode="every",
                     representative_frame=True,
                     buckets=(8,),

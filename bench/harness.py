@@ -112,6 +112,9 @@ class BenchConfig:
     """Buckets of the server processes (warmup, webrtc)."""
     serve_args: tuple[str, ...] = ()
     """Extra options for every server process (e.g. its compile-cache flag)."""
+    switches: tuple[tuple[str, Any], ...] = ()
+    """Speed switches given on the command line, as (DiffusionConfig field, value): set on
+    the in-process engines (main and adapter) and passed to every server process."""
     serve_timeout_s: float = 600.0
     """How long a server process may take to say ok on /healthz."""
     log_level: str = "info"
@@ -127,11 +130,13 @@ class BenchConfig:
         top = next(b for b in BATCH_BUCKETS if b >= max(need))
         return min(max(self.buckets), top) if self.buckets else top
 
+    def diffusion_config(self, **settings: Any) -> DiffusionConfig:
+        """An in-process engine's settings: this run's compile mode and speed switches."""
+        return DiffusionConfig(compile=self.compile, **dict(self.switches), **settings)
+
     def engine_config(self) -> EngineConfig:
         """The in-process engine (text settings are switched per scenario at run time)."""
-        diffusion = DiffusionConfig(
-            compile=self.compile, text_mode="every", representative_frame=False, buckets=self.buckets
-        )
+        diffusion = self.diffusion_config(text_mode="every", representative_frame=False, buckets=self.buckets)
         return EngineConfig(
             kind="diffusion",
             model=self.model,

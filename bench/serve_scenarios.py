@@ -12,11 +12,13 @@ from bench.provenance import server_env, server_record
 from bench.run import BUDGET, ResultsFile, RunClock
 from bench.serve_process import ServeProcess, free_port, serve_argv
 from bench.webrtc_load import WebrtcRun
+from server.config import switch_argv
 
 
 def serve_args(config: BenchConfig) -> list[str]:
     """The server's options: the production layout of the engine (every bucket up to the
-    largest) unless --serve-buckets says otherwise, plus --serve-arg extras."""
+    largest) unless --serve-buckets says otherwise, this run's speed switches, plus
+    --serve-arg extras."""
     args = ["--max-sessions", str(max(config.webrtc_clients))]
     if config.webrtc_engine == "preview":
         args += ["--engine", "preview"]
@@ -24,7 +26,7 @@ def serve_args(config: BenchConfig) -> list[str]:
         buckets = config.serve_buckets
         args += ["--engine", "diffusion", "--model", config.model, "--device", config.device]
         args += ["--max-batch", str(max(buckets)), "--buckets", ",".join(map(str, buckets))]
-        args += ["--compile", config.compile]
+        args += ["--compile", config.compile, *switch_argv(config.switches)]
     return args + list(config.serve_args)
 
 

@@ -14,12 +14,15 @@ session's colour instead, and the check fails.
 
 --legacy-order restores the pre-fix order; on a GPU the check is expected to FAIL with
 it. On an H200 the natural race window was too short to show it (0 of 175 rows wrong,
-bench/results/gpu-check/): --race-window-cycles makes the side stream idle that many GPU
-cycles just before each gather (about 1 ms per 2,000,000 on an H200), so a text launch
-the legacy order lets start early reads rows not gathered yet; the fixed order must still
-pass with the same window. On CPU (the CI test) there is one stream, so it passes trivially but runs the same
-logic. The text encoder sees 512x512 frames here (diffusers' own setting): it is then
-the slowest stage, so its launches lag behind the side stream, as they do in production
+bench/results/gpu-check/): the legacy order builds its row index with a blocking
+host->device copy, so the host waits for the side stream there and the gather kernel
+then runs for microseconds before the text launch is queued. --race-window-cycles makes
+the side stream idle that many GPU cycles just before each gather kernel, after that host
+wait (about 1 ms per 2,000,000 on an H200), so a text launch the legacy order lets start
+early reads rows not gathered yet; the fixed order must still pass with the same window.
+On CPU (the CI test) there is one stream, so it passes trivially but runs the same logic.
+The text encoder sees 512x512 frames here (diffusers' own setting): it is then the
+slowest stage, so its launches lag behind the side stream, as they do in production
 when many sessions refresh at once.
 """
 

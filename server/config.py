@@ -346,7 +346,29 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         "--lllite-refresh", type=int, help=_help("steps between adapter conditioning refreshes", "lllite_refresh")
     )
     g.add_argument("--adapter-strength", type=float, help=_help("initial adapter strength, 0..1.5", "adapter_strength"))
-    # Speed switches (README, "Speed switches"); flags are 1/0, shown as such.
+    add_speed_switches(g)
+    g.add_argument(
+        "--compile-cache",
+        type=_optional_path,
+        help=_help("directory for compiled artifacts, or none", "compile_cache"),
+    )
+
+
+SPEED_SWITCHES = (
+    "text_length_step",
+    "text_prefix_cache",
+    "text_compile",
+    "channels_last",
+    "fuse_qkv",
+    "inductor",
+    "stream_priorities",
+)
+"""Engine options that change speed, not what a session sees (README, "Speed switches"):
+`bench` takes them too, for its in-process engine and every server process it starts."""
+
+
+def add_speed_switches(g: Any) -> None:
+    """The SPEED_SWITCHES flags; 1/0 flags are shown as such."""
     d = DiffusionConfig()
     g.add_argument(
         "--text-length-step",
@@ -383,11 +405,26 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         type=_flag,
         help=_help("UNet stream above side streams, 1/0", "stream_priorities", default=str(int(d.stream_priorities))),
     )
-    g.add_argument(
-        "--compile-cache",
-        type=_optional_path,
-        help=_help("directory for compiled artifacts, or none", "compile_cache"),
-    )
+
+
+def speed_switches(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
+    """The speed switches given on the command line, as (DiffusionConfig field, value)."""
+    given = _collect(args, {}, {k: _DIFFUSION_FIELDS[k] for k in SPEED_SWITCHES})
+    return tuple(given.items())
+
+
+def switch_argv(switches: Sequence[tuple[str, Any]]) -> list[str]:
+    """The command-line form of speed_switches' result (for a server process)."""
+    argv: list[str] = []
+    for name, value in switches:
+        if isinstance(value, bool):
+            text = str(int(value))
+        elif isinstance(value, tuple):
+            text = ",".join(value) or "none"
+        else:
+            text = str(value)
+        argv += [f"--{name.replace('_', '-')}", text]
+    return argv
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -796,6 +833,7 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
     )
     p.add_argument("--serve-timeout", type=float, default=b.serve_timeout_s, help="seconds a server may take to start")
     p.add_argument("--log-level", choices=LOG_LEVELS, default=b.log_level)
+    add_speed_switches(p.add_argument_group("speed switches (the in-process engine and every server process)"))
     args = p.parse_args(list(argv))
     if (missing := diffusion_stack_missing()) is not None:
         raise ConfigError(
@@ -862,6 +900,7 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
         serve_args=tuple(args.serve_arg),
         serve_timeout_s=args.serve_timeout,
         log_level=args.log_level,
+        switches=speed_switches(args),
     )
     config.engine_config()  # size, buckets and batch fit together (ConfigError naming the values)
     return config

@@ -153,3 +153,32 @@ def test_a_second_run_of_the_same_day_and_tag_gets_its_own_file(tmp_path):
     assert second.name == "2026-12-02-NVIDIA-H200-webrtc-2.json"
     second.write_text("{}")
     assert unused_path(first).name == "2026-12-02-NVIDIA-H200-webrtc-3.json"
+
+
+@pytest.mark.unit
+def test_speed_switches_reach_the_in_process_engines_and_the_servers(tmp_path):
+    """`bench --text-compile 1 ...` measures what `serve --text-compile 1` runs: the same
+    DiffusionConfig fields in the in-process engines and the same flags for the servers."""
+    from bench.serve_scenarios import serve_args
+    from server.config import load_bench_config
+
+    argv = ["--davis-dir", str(DAVIS_DIR), "--text-compile", "1", "--fuse-qkv", "1", "--channels-last", "all"]
+    config = load_bench_config([*argv, "--inductor", "none", "--text-length-step", "0"])
+    diffusion = config.engine_config().diffusion
+    assert (diffusion.text_compile, diffusion.fuse_qkv, diffusion.channels_last) == (True, True, "all")
+    assert diffusion.inductor == () and diffusion.text_length_step == 0
+    adapter = config.diffusion_config(lllite="x.safetensors", buckets=(8,))
+    assert adapter.text_compile and adapter.fuse_qkv and adapter.compile == config.compile
+    server = load_config(["--port", "0", *serve_args(config)]).engine.diffusion
+    for name, _ in config.switches:
+        assert getattr(server, name) == getattr(diffusion, name), name
+    untouched = load_bench_config(["--davis-dir", str(DAVIS_DIR)])
+    assert untouched.switches == () and "--text-compile" not in serve_args(untouched)
+    assert untouched.engine_config().diffusion.text_compile == DiffusionConfig().text_compile
+
+
+@pytest.mark.unit
+def test_a_speed_switch_the_engine_refuses_is_refused_before_any_work(capsys):
+    # text_compile needs the prefix cache: the engine's own check, at argument time
+    assert main(["bench", "--davis-dir", str(DAVIS_DIR), "--text-compile", "1", "--text-prefix-cache", "0"]) == 2
+    assert "--text-prefix-cache" in capsys.readouterr().err

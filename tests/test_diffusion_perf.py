@@ -10,6 +10,7 @@ import textwrap
 import time
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -410,3 +411,52 @@ def test_a_graph_that_fails_to_compile_is_rebuilt_with_fewer_optimisations(monke
     assert builds == [("default", ("conv1x1_mm",)), ("default", ())]
     ready = [m.split()[2] for m in messages if "ready in" in m]
     assert ready == ["1", "1", "2"], messages  # bucket 1 again with the rebuilt graph
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("legacy", [False, True])
+def test_race_window_idles_right_before_the_gather(monkeypatch, legacy):
+    """The stress check's idle must sit between the "inputs ready" event and the gather
+    kernel with no host wait after it: the legacy order's index tensor is a blocking
+    host->device copy, and an idle queued before it is waited out on the host, which
+    closes the window again (the H200 run that showed 0 wrong rows with the idle)."""
+    from pipeline.diffusion import text_plan
+
+    b = backend(max_batch=4)
+    planner = b.planner
+    calls: list[str] = []
+
+    class FakeStreams:
+        cuda = True
+
+        def record(self, stream=None):
+            calls.append("record")
+
+    real_tensor = torch.tensor
+
+    def tensor(*args, **kwargs):
+        calls.append("index copy")
+        return real_tensor(*args, **kwargs)
+
+    def gather(x, rows):
+        calls.append("gather")
+        return text_plan.__dict__["_real_gather"](x, rows)
+
+    monkeypatch.setattr(planner, "streams", FakeStreams())
+
+    def encode(frames, tokens, after):
+        calls.append("encode")
+        return [SimpleNamespace(ready=None)]
+
+    monkeypatch.setattr(planner.stage, "encode", encode)
+    monkeypatch.setattr(planner.keep, "hold", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: calls.append("idle"))
+    monkeypatch.setattr(torch, "tensor", tensor)
+    monkeypatch.setitem(text_plan.__dict__, "_real_gather", text_plan.gather_rows)
+    monkeypatch.setattr(text_plan, "gather_rows", gather)
+    planner.legacy_order, planner.race_window_cycles = legacy, 1000
+    planner._encode(torch.zeros(3, 3, 8, 8), [2, 0], [])
+    if legacy:
+        assert calls == ["record", "index copy", "idle", "encode"]
+    else:
+        assert calls == ["idle", "gather", "record", "encode"]

@@ -96,9 +96,9 @@ class TextPlanner:
         """Stress-check switch: the pre-fix stream order (see the module docstring)."""
         self.race_window_cycles = 0
         """Stress-check switch: GPU cycles the side stream idles just before each gather
-        (CUDA only). It widens the window in which the legacy order lets the text stream
-        read rows not yet gathered; in the fixed order the event follows the gather, so
-        the idle costs time and nothing else."""
+        kernel, after any host wait on the side stream (CUDA only). It widens the window
+        in which the legacy order lets the text stream read rows not yet gathered; in the
+        fixed order the event follows the gather, so the idle costs time and nothing else."""
         self._prompt_cache: dict[str, Conditioning] = {}
 
     def tokens(self, prompt: str) -> PromptTokens:
@@ -148,8 +148,10 @@ class TextPlanner:
     def _encode(self, pixels: torch.Tensor, rows: list[int], tokens: list[PromptTokens]) -> list[Conditioning]:
         if self.legacy_order:
             after = self.streams.record()  # before the gather: the bug this module fixes
-            self._idle_before_gather()
+            # A blocking host->device copy: the host waits here for the side stream, so
+            # the idle goes after it (before it, the wait would swallow the window).
             index = torch.tensor(rows, device=pixels.device)
+            self._idle_before_gather()
             return self.stage.encode(pixels.index_select(0, index), tokens, after)
         self._idle_before_gather()
         frames = gather_rows(pixels, rows)
