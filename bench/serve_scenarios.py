@@ -17,9 +17,12 @@ from server.config import switch_argv
 
 def serve_args(config: BenchConfig) -> list[str]:
     """The server's options: the production layout of the engine (every bucket up to the
-    largest) unless --serve-buckets says otherwise, this run's speed switches, plus
-    --serve-arg extras."""
-    args = ["--max-sessions", str(max(config.webrtc_clients))]
+    largest) unless --serve-buckets says otherwise, no per-address offer limit, this run's
+    speed switches, plus --serve-arg extras."""
+    # Every client of a run connects from this machine's one address: the per-address offer
+    # limit (a real server's defence against one client opening sessions in a loop) would
+    # refuse the 11th offer of a run, so the measured server has it off.
+    args = ["--max-sessions", str(max(config.webrtc_clients)), "--offer-rate", "0"]
     if config.webrtc_engine == "preview":
         args += ["--engine", "preview"]
     else:

@@ -182,3 +182,20 @@ def test_a_speed_switch_the_engine_refuses_is_refused_before_any_work(capsys):
     # text_compile needs the prefix cache: the engine's own check, at argument time
     assert main(["bench", "--davis-dir", str(DAVIS_DIR), "--text-compile", "1", "--text-prefix-cache", "0"]) == 2
     assert "--text-prefix-cache" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_the_measured_server_admits_every_offer_of_a_run_from_one_address():
+    """All clients of a webrtc run connect from this machine's one address: the server the
+    bench starts must not refuse them as one client opening sessions in a loop (the H200
+    run of 5fdd742 got 429 for 10 of its 16-session offers)."""
+    from bench.serve_scenarios import serve_args
+    from server.access import RateLimiter
+    from server.config import load_bench_config
+
+    config = load_bench_config(["--davis-dir", str(DAVIS_DIR)])
+    server = load_config(["--port", "0", *serve_args(config)])
+    limiter = RateLimiter(server.offer_rate_per_min, server.offer_burst)
+    for _ in range(2 * sum(config.webrtc_clients) * len(config.webrtc_codecs)):  # every run, twice
+        limiter.hit("127.0.0.1")
+    assert ServerConfig().offer_rate_per_min > 0  # a real server keeps its limit
