@@ -288,6 +288,57 @@ def test_compile_cache_round_trip_in_fresh_processes(tmp_path):
     assert list((tmp_path / "mega").glob("*.bin")) and (tmp_path / "inductor").is_dir()
 
 
+def test_cache_key_is_the_same_in_every_process_of_a_configuration():
+    """The key of the same configuration must not depend on the process: diffusers keeps a
+    set-ordered `_use_default_values` list in model configs, which made each server start
+    miss the previous start's mega-cache entry and write one more (seen on the H200: two
+    starts of one configuration, keys d6d0230c... and ef3d576f...)."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys, torch
+        sys.path.insert(0, {str(REPO)!r})
+        from pipeline.config import DiffusionConfig
+        from pipeline.diffusion.compile_cache import cache_key, engine_cache_parts
+        from types import SimpleNamespace
+        from diffusers import AutoencoderTiny
+        from pipeline.diffusion.tiny import build_tiny_unet
+        # the VAE as random:DIR builds it (defaults filled in by diffusers)
+        c = SimpleNamespace(unet=build_tiny_unet(0), vae=AutoencoderTiny(latent_channels=4))
+        parts = engine_cache_parts(DiffusionConfig(), torch.device("cpu"), c, (1, 8), 512)
+        raw = dict(c.vae.config).get("_use_default_values")
+        print(json.dumps({{"key": cache_key(parts), "raw": raw}}))
+        """
+    )
+    runs = []
+    for seed in ("1", "2", "3"):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(__import__("json").loads(out.stdout.strip().splitlines()[-1]))
+    print(runs)
+    assert len({json_text(r["raw"]) for r in runs}) > 1  # the hazard is real in this diffusers
+    assert len({r["key"] for r in runs}) == 1
+
+
+def json_text(value) -> str:
+    return __import__("json").dumps(value)
+
+
+@pytest.mark.unit
+def test_the_mega_cache_keeps_a_bounded_number_of_entries(tmp_path):
+    from pipeline.diffusion.compile_cache import prune
+
+    for n in range(10):
+        for suffix in (".bin", ".json"):
+            (tmp_path / f"k{n}{suffix}").write_text("x")
+            __import__("os").utime(tmp_path / f"k{n}{suffix}", (1000 + n, 1000 + n))
+    removed = prune(tmp_path, keep=8)
+    assert sorted(p.name for p in removed) == ["k0.bin", "k1.bin"]
+    assert sorted(p.stem for p in tmp_path.glob("*.bin")) == [f"k{n}" for n in range(2, 10)]
+    assert not (tmp_path / "k0.json").exists() and (tmp_path / "k2.json").exists()
+    assert prune(tmp_path, keep=8) == []
+
+
 def test_unusable_cache_directory_is_a_warning_not_a_failure(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -58,10 +58,20 @@ def engine_cache_parts(
         "buckets": buckets,
         "size": size,
         "dtype": str(components.unet.dtype),
-        "unet": dict(components.unet.config),
-        "vae": dict(components.vae.config),
+        "unet": graph_config(components.unet.config),
+        "vae": graph_config(components.vae.config),
         **{k: getattr(config, k) for k in fields},
     }
+
+
+NOT_GRAPH_KEYS = ("_use_default_values", "_name_or_path")
+"""diffusers' bookkeeping in a model config that no graph depends on. `_use_default_values`
+is built from a set, so its order changes with each process's string hashing: in the key it
+made every start a "first start" that wrote one more mega-cache file."""
+
+
+def graph_config(config: Any) -> dict[str, Any]:
+    return {k: v for k, v in dict(config).items() if k not in NOT_GRAPH_KEYS}
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -114,6 +124,7 @@ class CompileCache:
         try:
             info = torch.compiler.load_cache_artifacts(file.read_bytes())
             self.loaded = True
+            os.utime(file)  # recently used: pruned last
             log.info("compile cache: loaded %s (%s)", file, _summary(info))
         except Exception as exc:  # noqa: BLE001
             log.warning("compile cache entry %s could not be loaded (%s); compiling from scratch", file, exc)
@@ -134,8 +145,26 @@ class CompileCache:
             os.replace(tmp.name, file)
             (file.parent / f"{self.key}.json").write_text(json.dumps(self.parts, indent=1, default=str))
             log.info("compile cache: wrote %s (%.1f MB, %s)", file, len(data) / 2**20, _summary(info))
+            prune(file.parent, keep=MAX_ENTRIES)
         except Exception as exc:  # noqa: BLE001
             log.warning("compile cache entry %s could not be written (%s)", file, exc)
+
+
+MAX_ENTRIES = 8
+"""Mega-cache files kept (one per configuration, ~150-200 MB each for the full model): the
+least recently written or loaded beyond this are deleted, so a volume shared by many configurations,
+or by versions of the code over time, stays bounded."""
+
+
+def prune(directory: Path, keep: int) -> list[Path]:
+    """Delete all but the `keep` newest *.bin entries (and their .json); returns the deleted."""
+    entries = sorted(directory.glob("*.bin"), key=lambda f: f.stat().st_mtime, reverse=True)
+    removed = entries[keep:]
+    for entry in removed:
+        for path in (entry, entry.with_suffix(".json")):
+            path.unlink(missing_ok=True)
+        log.info("compile cache: removed %s (more than %d entries)", entry.name, keep)
+    return removed
 
 
 def _summary(info: Any) -> str:
