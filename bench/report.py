@@ -106,10 +106,14 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 class Context:
     """The results a document's blocks are made from, and links relative to the document."""
 
-    def __init__(self, results: list[Result], bad: list[tuple[Path, str]], doc_dir: Path) -> None:
+    def __init__(
+        self, results: list[Result], bad: list[tuple[Path, str]], doc_dir: Path, switches: list[Result] | None = None
+    ) -> None:
         self.results = results
         self.bad = bad
         self.doc_dir = doc_dir
+        self.switches = switches or []
+        """Runs with speed switches set (bench/results/switches/): compared, never headline."""
 
     def link(self, result: Result) -> str:
         return f"[{result.path.name}]({os.path.relpath(result.path, self.doc_dir)})"
@@ -255,25 +259,79 @@ WEBRTC_NOTE = (
 )
 
 
-def webrtc(ctx: Context) -> str:
-    r = ctx.newest("webrtc")
-    if r is None:
-        return missing("the webrtc scenario")
-    w = r.report["scenarios"]["webrtc"]
-    rows = [
-        [x["codec"], str(x["clients"]), f"{x['completed']}/{x['clients']}", fmt(x.get("delivered_fps_min"))]
-        + [lat(x["e2e"], k) for k in ("p50_ms", "p95_ms", "p99_ms")]
-        + [lat(x["engine"], "p50_ms"), fmt(x.get("transport_mean_ms")), fmt(x["server_cpu_cores"], 2)]
-        + [f"{x['stamps']['agree']}/{x['stamps']['read']}"]
-        for x in w["rows"]
-    ]
-    head = (
-        f"`livestyle serve` ({w['engine']} engine) and one aiortc client process per session over loopback, each "
-        f"sending a DAVIS clip at {fmt(w['fed_fps'], 0)} fps, {fmt(w['seconds'])} s measured. {WEBRTC_NOTE}"
+def switch_settings(result: Result) -> str:
+    harness = next(p for p in result.report["meta"]["processes"] if p["role"] == "harness")
+    given = harness["config"].get("switches") or []
+    return ", ".join(f"`{name}={int(v) if isinstance(v, bool) else v}`" for name, v in given) or "defaults"
+
+
+def speed_switches(ctx: Context) -> str:
+    """B=8 throughput with each speed-switch run next to the defaults (the engine file)."""
+    base = ctx.newest("cached_prompt")
+    if not ctx.switches or base is None:
+        return missing("a speed-switch run")
+    rows = []
+    for r in [base, *ctx.switches]:
+        sc = r.report["scenarios"]
+        paper = next((x for x in sc.get("paper", {}).get("rows", []) if x["B"] == 8), None)
+        cached = sc["cached_prompt"]["rows"][0] if "cached_prompt" in sc else None
+        warm = sc.get("engine_warmup", {}).get("main", {})
+        buckets = ", ".join(map(str, warm.get("buckets", []))) or "-"
+        speeds = [fmt(paper and paper["fps"]), fmt(cached and cached["fps"])]
+        warm_s = f"{fmt(warm.get('seconds'))} ({buckets})"
+        rows.append([switch_settings(r), *speeds, warm_s, f"{ctx.link(r)} ({r.origin()})"])
+    note = (
+        f"Scope: offline clip throughput at B=8; {base.card()}. Text encoder as in the engine table (paper: every "
+        "frame; cached_prompt: every 16 steps, one frame). Warm-up: the in-process engine's compile of the buckets "
+        "named, on a cold cache for the switch runs and a warm one for the defaults' file."
     )
+    return "\n\n".join([note, table(["switches", "paper B=8 fps", "cached_prompt B=8 fps", "warm-up s", "file"], rows)])
+
+
+def serve_buckets(result: Result) -> str:
+    """The bucket set of the server a webrtc file measured (from its recorded argv)."""
+    for process in result.report["meta"]["processes"]:
+        argv = process["argv"]
+        if process["role"] == "server" and "--buckets" in argv[:-1]:
+            return argv[argv.index("--buckets") + 1].replace(",", ", ")
+    return "-"
+
+
+def webrtc(ctx: Context) -> str:
+    """One table over every file with the scenario: each (codec, sessions) row from the
+    newest file that has it (a later run of some rows, e.g. one that had failed, takes
+    their place), each row naming its file."""
+    sources = [r for r in ctx.results if "webrtc" in r.report["scenarios"]]
+    if not sources:
+        return missing("the webrtc scenario")
+    chosen: dict[tuple[str, int], tuple[int, dict[str, Any]]] = {}
+    for n, r in enumerate(sources):
+        for x in r.report["scenarios"]["webrtc"]["rows"]:
+            chosen.setdefault((x["codec"], x["clients"]), (n, x))
+    used = sorted({n for n, _ in chosen.values()})
+    label = {n: str(i) for i, n in enumerate(used, 1)}
+    order = sorted(chosen, key=lambda k: (k[0] != "VP8", k[0], k[1]))
+    rows = []
+    for key in order:
+        n, x = chosen[key]
+        rows.append(
+            [x["codec"], str(x["clients"]), f"{x['completed']}/{x['clients']}", fmt(x.get("delivered_fps_min"))]
+            + [lat(x["e2e"], k) for k in ("p50_ms", "p95_ms", "p99_ms")]
+            + [lat(x["engine"], "p50_ms"), fmt(x.get("transport_mean_ms")), fmt(x["server_cpu_cores"], 2)]
+            + [f"{x['stamps']['agree']}/{x['stamps']['read']}", label[n]]
+        )
+    blocks = []
+    for n in used:
+        r = sources[n]
+        w = r.report["scenarios"]["webrtc"]
+        blocks.append(
+            f"File {label[n]}: " + ctx.source(r, E2E) + f" `livestyle serve` ({w['engine']} engine, buckets "
+            f"{serve_buckets(r)}) and one aiortc client process per session over loopback, each sending a DAVIS "
+            f"clip at {fmt(w['fed_fps'], 0)} fps, {fmt(w['seconds'])} s measured."
+        )
     header = ["codec", "sessions", "done", "fps/session min", "e2e p50 ms", "p95", "p99", "engine p50 ms"]
-    header += ["transport mean ms", "server cores", "stamps"]
-    return "\n\n".join([ctx.source(r, E2E), head, table(header, rows)])
+    header += ["transport mean ms", "server cores", "stamps", "file"]
+    return "\n\n".join(["\n".join(f"- {b}" for b in blocks), WEBRTC_NOTE, table(header, rows)])
 
 
 def warmup(ctx: Context) -> str:
@@ -293,7 +351,7 @@ def warmup(ctx: Context) -> str:
 
 
 def files(ctx: Context) -> str:
-    lines = [f"- {ctx.link(r)}: {r.card()}, {r.origin()}, {r.date}" for r in ctx.results]
+    lines = [f"- {ctx.link(r)}: {r.card()}, {r.origin()}, {r.date}" for r in [*ctx.results, *ctx.switches]]
     lines += [f"- `{os.path.relpath(p, ctx.doc_dir)}`: not used ({why[:160]})" for p, why in ctx.bad]
     return "\n".join(lines) or "No results files are committed."
 
@@ -307,6 +365,7 @@ SECTIONS: dict[str, Callable[[Context], str]] = {
     "adapter": adapter,
     "webrtc": webrtc,
     "warmup": warmup,
+    "switches": speed_switches,
     "files": files,
 }
 
@@ -329,15 +388,17 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", nargs="+", type=Path, metavar="DOC", help="exit 1 if a report block is stale")
     args = p.parse_args(argv)
     results, bad = load_results(list(args.results_dir.glob("*.json")))
+    switches, bad_switches = load_results(list((args.results_dir / "switches").glob("*.json")))
+    bad += bad_switches
     docs = args.update or args.check
     if not docs:
-        ctx = Context(results, bad, Path.cwd())
+        ctx = Context(results, bad, Path.cwd(), switches)
         print("\n\n".join(f"## {name}\n\n{fn(ctx)}" for name, fn in SECTIONS.items()))
         return 0
     stale = []
     for doc in docs:
         text = doc.read_text()
-        fresh = render_doc(text, Context(results, bad, doc.resolve().parent))
+        fresh = render_doc(text, Context(results, bad, doc.resolve().parent, switches))
         if fresh != text:
             stale.append(str(doc))
             if args.update:

@@ -24,6 +24,7 @@ RESULTS = REPO / "bench" / "results"
 # Files committed before the results schema that fail it on purpose (none left: the
 # 2026-11-26 H100 files were replaced by the 2026-12-02 H200 runs).
 LEGACY: dict[str, str] = {}
+DEVICE = {"device": "cuda", "torch": "2.11", "diffusers": "0.42.1", "transformers": "5.17", "gpu": "H", "driver": None}
 LAT = {"count": 10, "mean_ms": 12.0, "p50_ms": 11.0, "p95_ms": 15.0, "p99_ms": 18.0}
 TEXT = {"mode": "every", "refresh": 8, "representative_frame": False, "image_size": 256, "tokens": 256}
 
@@ -54,7 +55,7 @@ def synthetic(tmp_path) -> dict:
     out = ResultsFile(
         tmp_path / "r.json",
         {"argv": ["livestyle", "bench"], "config": {"frames": 480}},
-        {"device": "cuda", "torch": "2.11", "diffusers": "0.42.1", "transformers": "5.17", "gpu": "H", "driver": None},
+        DEVICE,
     )
     out.scenarios.update(
         paper={"text": TEXT, "rows": [clip_row(1, 70.0), clip_row(8, 150.0)]},
@@ -169,7 +170,7 @@ def test_any_extra_key_anywhere_top_level_fails(tmp_path_factory, where, key):
 
 
 def test_every_committed_results_file_validates():
-    seen = sorted(p.name for p in RESULTS.glob("*.json"))
+    seen = sorted(str(p.relative_to(RESULTS)) for p in [*RESULTS.glob("*.json"), *RESULTS.glob("switches/*.json")])
     assert set(LEGACY) <= set(seen), f"legacy files gone: drop them from LEGACY ({set(LEGACY) - set(seen)})"
     for name in seen:
         _, problems = schema.load(RESULTS / name)
@@ -203,6 +204,49 @@ def test_report_blocks_name_scope_card_and_file(tmp_path):
     assert report.main(["--results-dir", str(tmp_path), "--update", str(doc)]) == 0
     assert "old" not in doc.read_text() and "`paper_b8_fps`" in doc.read_text()
     assert report.main(["--results-dir", str(tmp_path), "--check", str(doc)]) == 0
+
+
+def written(path: Path, config: dict, **scenarios) -> Path:
+    """A results file as ResultsFile writes it (its summary follows from the scenarios)."""
+    out = ResultsFile(path, {"argv": ["livestyle", "bench"], "config": config}, DEVICE)
+    out.scenarios.update(scenarios)
+    out.save()
+    return path
+
+
+def test_webrtc_rows_measured_again_later_replace_the_earlier_ones(tmp_path):
+    """A later run of some rows (the 16-session rows after the first run's failed) takes
+    their place in the table; every other row stays from the earlier file; each row names
+    its file."""
+    older = synthetic(tmp_path)
+    webrtc = {**older["scenarios"]["webrtc"], "rows": [webrtc_row("VP8", 8, 90.0)]}
+    written(tmp_path / "r2.json", {}, webrtc=webrtc)  # same second, later name: sorts as newer
+    results, bad = report.load_results([tmp_path / "r.json", tmp_path / "r2.json"])
+    assert bad == [] and results[0].path.name == "r2.json"
+    text = report.section("webrtc", report.Context(results, bad, tmp_path))
+    assert "File 1: Scope: end to end over loopback WebRTC" in text and "[r2.json](r2.json)" in text
+    assert "File 2:" in text and "[r.json](r.json)" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| VP8", "| H264"))]
+    assert [r.split(" | ")[:2] for r in rows] == [["| VP8", "1"], ["| VP8", "8"], ["| H264", "1"]]
+    assert rows[1].endswith("| 1 |") and "90.0" in rows[1] and "110.0" not in text  # from the newer file
+    assert rows[0].endswith("| 2 |") and rows[2].endswith("| 2 |")
+
+
+def test_speed_switch_runs_are_compared_with_the_defaults_never_headlined(tmp_path):
+    synthetic(tmp_path)
+    (tmp_path / "switches").mkdir()
+    paper = {"text": TEXT, "rows": [clip_row(8, 200.0)]}
+    written(tmp_path / "switches" / "s.json", {"switches": [["text_compile", True]]}, paper=paper)
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "<!-- bench-report: switches -->\n<!-- /bench-report -->\n"
+        "<!-- bench-report: engine -->\n<!-- /bench-report -->\n"
+    )
+    assert report.main(["--results-dir", str(tmp_path), "--update", str(doc)]) == 0
+    text = doc.read_text()
+    assert "| defaults | 150.0 | 260.0 |" in text and "| `text_compile=1` | 200.0 | - |" in text
+    assert "[s.json](switches/s.json)" in text
+    assert "200.0" not in text.split("bench-report: engine")[1]  # the engine table stays the defaults' file
 
 
 def test_an_invalid_file_is_listed_as_not_used(tmp_path):
