@@ -254,8 +254,11 @@ def adapter(ctx: Context) -> str:
 
 WEBRTC_NOTE = (
     "Latency by pts, client send -> client receive of the same frame; engine: the server's own frame latency "
-    "over the same run (the change of its /metrics histogram); transport: the difference of the means; stamps: "
-    "frames whose pixel stamp agrees with the pts match / stamps readable (none with random weights)."
+    "over the same run (the change of its /metrics histogram); transport: the difference of the means; server "
+    "cores: the server process's CPU time over the run / its wall time; loop cores: the same for its main "
+    "thread, the asyncio event loop (at most 1); step: the engine's step time and mean frames per step (both "
+    "from /metrics; '-' in files written before they were recorded); stamps: frames whose pixel stamp agrees "
+    "with the pts match / stamps readable (none with random weights)."
 )
 
 
@@ -318,6 +321,7 @@ def webrtc(ctx: Context) -> str:
             [x["codec"], str(x["clients"]), f"{x['completed']}/{x['clients']}", fmt(x.get("delivered_fps_min"))]
             + [lat(x["e2e"], k) for k in ("p50_ms", "p95_ms", "p99_ms")]
             + [lat(x["engine"], "p50_ms"), fmt(x.get("transport_mean_ms")), fmt(x["server_cpu_cores"], 2)]
+            + [fmt(x.get("server_loop_cores"), 2), lat(x.get("engine_step", {}), "p50_ms"), fmt(x.get("batch_mean"))]
             + [f"{x['stamps']['agree']}/{x['stamps']['read']}", label[n]]
         )
     blocks = []
@@ -330,7 +334,7 @@ def webrtc(ctx: Context) -> str:
             f"clip at {fmt(w['fed_fps'], 0)} fps, {fmt(w['seconds'])} s measured."
         )
     header = ["codec", "sessions", "done", "fps/session min", "e2e p50 ms", "p95", "p99", "engine p50 ms"]
-    header += ["transport mean ms", "server cores", "stamps", "file"]
+    header += ["transport mean ms", "server cores", "loop cores", "step p50 ms", "batch", "stamps", "file"]
     return "\n\n".join(["\n".join(f"- {b}" for b in blocks), WEBRTC_NOTE, table(header, rows)])
 
 

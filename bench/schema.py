@@ -116,6 +116,9 @@ WEBRTC_ROW = obj(
         "delivered_fps_mean": POS,
         "e2e_client_p50_ms": array(N),
         "transport_mean_ms": N,
+        "server_loop_cores": POS,
+        "engine_step": HISTOGRAM_LATENCY,
+        "batch_mean": POS,
     },
 )
 

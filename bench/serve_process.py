@@ -52,6 +52,12 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """utime + stime of one thread of a process (the main thread: tid == pid)."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def health_of(url: str) -> dict[str, Any] | None:
     """A server's /healthz body (503 unhealthy included), None when it does not answer."""
     got = _get(f"{url}/healthz")
@@ -142,6 +148,13 @@ class ServeProcess:
         """utime + stime of the server process."""
         assert self.proc is not None
         return process_cpu_seconds(self.proc.pid)
+
+    def loop_cpu_seconds(self) -> float:
+        """utime + stime of the server's main thread, which runs its asyncio event loop (all
+        signaling, RTP/RTCP and data-channel work; the engine, decoders and encoders have
+        threads of their own)."""
+        assert self.proc is not None
+        return thread_cpu_seconds(self.proc.pid, self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -27,12 +27,14 @@ from aiohttp import ClientSession
 from bench.loopback import ClipTrack, LoopbackClient, match_frames, ping_pong, read_clip
 from bench.provenance import REPO
 from bench.serve_process import ServeProcess
-from bench.stats import histogram_block, histogram_delta, latency_block, no_samples
+from bench.stats import Buckets, histogram_block, histogram_delta, latency_block, no_samples
 
 FPS = 30
 SETTLE_S = 1.0  # after the stream starts, before the measured window
 DRAIN_S = 15.0  # at most, after the window, for its last frames to arrive
 ENGINE_LATENCY = "livestyle_frame_latency_ms"
+ENGINE_STEP = "livestyle_engine_step_ms"
+ENGINE_BATCH = "livestyle_engine_batch_size"
 MAX_ERRORS = 4
 
 
@@ -134,23 +136,40 @@ class WebrtcRun:
         argv = [sys.executable, "-m", "bench.webrtc_load", "client", "--url", server.url, "--clip", str(self.clip)]
         argv += ["--codec", codec, "--seconds", str(self.seconds)]
         self.processes.append({"role": "client", "name": f"webrtc {codec} x{n}", "argv": argv, "count": n})
-        hist0, cpu0, t0 = server.histogram(ENGINE_LATENCY), server.cpu_seconds(), time.monotonic()
+        hists0 = {name: server.histogram(name) for name in (ENGINE_LATENCY, ENGINE_STEP, ENGINE_BATCH)}
+        cpu0, loop0, t0 = server.cpu_seconds(), server.loop_cpu_seconds(), time.monotonic()
         procs = [
             subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(n)
         ]
         clients = [_collect(p, self.seconds + 120) for p in procs]
-        cores = (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
-        hist1 = server.histogram(ENGINE_LATENCY)
+        elapsed = time.monotonic() - t0
+        cores, loop_cores = (server.cpu_seconds() - cpu0) / elapsed, (server.loop_cpu_seconds() - loop0) / elapsed
+        deltas = {name: _delta(h0, server.histogram(name)) for name, h0 in hists0.items()}
         row = _client_columns(codec, n, clients)
-        if hist0 is None or hist1 is None:
-            row["engine"] = no_samples(f"the server's /metrics has no {ENGINE_LATENCY} histogram")
-        else:
-            row["engine"] = histogram_block(*histogram_delta(hist0, hist1), "the engine made no frames")
+        row["engine"] = _block(deltas[ENGINE_LATENCY], ENGINE_LATENCY, "the engine made no frames")
         if row["e2e"]["count"] and row["engine"]["count"]:
             row["transport_mean_ms"] = round(row["e2e"]["mean_ms"] - row["engine"]["mean_ms"], 2)
         row["server_cpu_cores"] = round(cores, 2)
+        # Where a server falls behind: its event loop (one core at most), or steps that
+        # take longer than the GPU needs, or batches smaller than the sessions.
+        row["server_loop_cores"] = round(loop_cores, 2)
+        row["engine_step"] = _block(deltas[ENGINE_STEP], ENGINE_STEP, "the engine made no steps")
+        batches = deltas[ENGINE_BATCH]
+        if batches is not None and batches[0] and batches[0][-1][1]:
+            row["batch_mean"] = round(batches[1] / batches[0][-1][1], 2)
         return row
+
+
+def _delta(before: tuple[Buckets, float] | None, after: tuple[Buckets, float] | None) -> tuple[Buckets, float] | None:
+    """A histogram's observations over a run; None when the server does not export it."""
+    return None if before is None or after is None else histogram_delta(before, after)
+
+
+def _block(delta: tuple[Buckets, float] | None, name: str, empty_reason: str) -> dict[str, Any]:
+    if delta is None:
+        return no_samples(f"the server's /metrics has no {name} histogram")
+    return histogram_block(*delta, empty_reason)
 
 
 def _client_columns(codec: str, n: int, clients: list[dict[str, Any]]) -> dict[str, Any]:

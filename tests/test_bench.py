@@ -102,6 +102,9 @@ def test_warmup_and_webrtc_against_real_server_processes(tmp_path):
     assert [(r["codec"], r["clients"], r["completed"]) for r in rows] == [("VP8", 1, 1), ("H264", 1, 1)]
     for r in rows:
         assert r["e2e"]["count"] > 0 and r["engine"]["count"] > 0 and r["server_cpu_cores"] > 0
+        # the event loop is one thread of the process; steps carry the session's frames
+        assert 0 < r["server_loop_cores"] <= r["server_cpu_cores"] and r["server_loop_cores"] <= 1.05
+        assert r["engine_step"]["count"] > 0 and r["batch_mean"] >= 1
         assert r["anchor"]["matched"] >= r["e2e"]["count"]
         assert r["stamps"]["read"] >= r["anchor"]["matched"] * 0.5 and r["stamps"]["agree"] == r["stamps"]["read"]
     servers = [p for p in processes if p["role"] == "server"]
