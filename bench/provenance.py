@@ -32,9 +32,10 @@ def now_iso() -> str:
 
 
 def _git(*args: str) -> str:
+    """git's output without its trailing newline (leading spaces are data: see git_state)."""
     return subprocess.run(
         ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=20, check=True
-    ).stdout.strip()
+    ).stdout.rstrip("\n")
 
 
 def git_state() -> dict[str, Any]:
@@ -45,7 +46,8 @@ def git_state() -> dict[str, Any]:
             return {"commit": None, "reason": f"{STAMP_ENV}=1 but {STAMP.name} is missing"}
         return _stamped()
     try:
-        commit = _git("rev-parse", "HEAD")
+        commit = _git("rev-parse", "HEAD").strip()
+        # "XY path": the status columns may be spaces, so the line must not be stripped
         changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
     except (OSError, subprocess.SubprocessError) as exc:
         if STAMP.is_file():
