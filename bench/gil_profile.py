@@ -1,0 +1,167 @@
+"""How much of a real server's time holds the GIL, per thread, while N aiortc clients
+stream through it (the question behind the 16-session WebRTC collapse: one Python process
+can run at most one core of GIL-holding work, shared by its event loop, the engine's
+thread and every decoder and encoder thread).
+
+    python -m bench.gil_profile [--clients 1,2] [--codec VP8] [--seconds 10] [--out FILE]
+
+Starts `livestyle serve` (preview engine unless --serve-arg says otherwise), N clients of
+bench.webrtc_load for each count, and samples the server with py-spy (`--gil`: a sample
+only while some thread holds the GIL) over the middle of the run. Writes one JSON file:
+per run the GIL-held share of wall time, split by thread role, the frames the clients
+received, and the GIL-held milliseconds per delivered frame; plus the commit, argv and
+machine. py-spy must be installed (`pip install py-spy`) and may attach to children (it
+needs ptrace; containers may need CAP_SYS_PTRACE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.provenance import REPO, git_state, host_info
+from bench.serve_process import ServeProcess, free_port, serve_argv
+
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+RATE_HZ = 200
+"""py-spy samples per second."""
+THREAD_ROLES = (
+    ("MainThread", "event loop"),  # aiohttp, aiortc's RTP/RTCP, data channels, signaling
+    ("uvloop", "event loop"),
+    ("engine-", "engine"),  # pipeline/supervisor.py names each build's thread
+    ("livestyle-reader", "frames in"),  # decoded frame -> engine input (signaling/tracks.py)
+    ("livestyle-fanout", "frames out"),  # stylized array -> video frames for the encoders
+)
+"""Thread role by name prefix; unnamed pool threads are told apart by their stack."""
+STACK_ROLES = (
+    ("decode", ("decoder_worker", "aiortc/codecs/vpx.py", "aiortc/codecs/h264.py", "rtcrtpreceiver.py")),
+    ("encode", ("signaling/encoders.py", "rtcrtpsender.py")),
+)
+THREAD = re.compile(r"^thread \((?P<tid>0x[0-9a-f]+|\d+)\): (?P<name>[^;]*)")
+
+
+def role_of(name: str, stack: str) -> str:
+    for prefix, role in THREAD_ROLES:
+        if name.startswith(prefix):
+            return role
+    for role, markers in STACK_ROLES:
+        if any(m in stack for m in markers):
+            return role
+    return "other"
+
+
+def parse_raw(text: str) -> dict[str, Counter[str]]:
+    """py-spy's raw (collapsed) output -> samples per role and per thread."""
+    by_role: Counter[str] = Counter()
+    by_thread: Counter[str] = Counter()
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        match = THREAD.match(stack)
+        name = match.group("name") if match else "?"
+        by_role[role_of(name, stack)] += int(count)
+        by_thread[name] += int(count)
+    return {"role": by_role, "thread": by_thread}
+
+
+def sample(pid: int, seconds: float, out: Path) -> dict[str, Counter[str]]:
+    argv = [PY_SPY, "record", "--gil", "--threads", "-r", str(RATE_HZ), "-d", str(int(seconds))]
+    argv += ["-p", str(pid), "-f", "raw", "-o", str(out)]
+    subprocess.run(argv, check=True, capture_output=True, timeout=seconds + 60)
+    return parse_raw(out.read_text())
+
+
+def one_run(server: ServeProcess, clip: Path, codec: str, clients: int, seconds: float, work: Path) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "bench.webrtc_load", "client", "--url", server.url, "--clip", str(clip)]
+    argv += ["--codec", codec, "--seconds", str(seconds)]
+    procs = [subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    procs += [
+        subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(clients - 1)
+    ]
+    time.sleep(min(4.0, seconds / 3))  # connected and streaming
+    window = max(2.0, seconds / 2)
+    assert server.proc is not None
+    samples = sample(server.proc.pid, window, work / f"gil-{codec}-{clients}.txt")
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=seconds + 120)
+        try:
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        except (IndexError, ValueError):
+            results.append({"ok": False})
+    ok = [r for r in results if r.get("ok")]
+    fps = sum(r["fps"] for r in ok)
+    held = sum(samples["role"].values()) / (RATE_HZ * window)
+    return {
+        "codec": codec,
+        "clients": clients,
+        "completed": len(ok),
+        "delivered_fps_total": round(fps, 2),
+        "window_s": window,
+        "gil_held_share": round(held, 3),
+        "gil_held_share_by_role": {k: round(v / (RATE_HZ * window), 3) for k, v in samples["role"].most_common()},
+        "gil_held_ms_per_frame": round(1000 * held / fps, 2) if fps else None,
+        "busiest_threads": {k: round(v / (RATE_HZ * window), 3) for k, v in samples["thread"].most_common(8)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.gil_profile", description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", default="1,2", help="client counts, one run each")
+    p.add_argument("--codec", default="VP8", choices=("VP8", "H264"))
+    p.add_argument("--seconds", type=float, default=10.0, help="each client's streaming time")
+    p.add_argument("--clip", type=Path, default=REPO.parent / "shared" / "data" / "davis" / "blackswan.mp4")
+    p.add_argument("--serve-arg", action="append", default=[], help="extra server option (default: preview engine)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cpu" / "gil-profile.json")
+    args = p.parse_args(argv)
+    if not Path(PY_SPY).is_file():
+        p.error("py-spy is not installed (next to this Python or on PATH): pip install py-spy")
+    counts = [int(x) for x in args.clients.split(",") if x.strip()]
+    if not counts or any(not 1 <= n <= 16 for n in counts) or args.seconds <= 0:
+        p.error(
+            f"--clients takes counts of 1..16 and --seconds a positive number, got {args.clients!r}, {args.seconds}"
+        )
+    serve_extra = args.serve_arg or ["--engine", "preview"]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        server_argv = serve_argv(free_port(), ["--max-sessions", str(max(counts)), "--offer-rate", "0", *serve_extra])
+        server = ServeProcess(server_argv, dict(__import__("os").environ), work / "server.log")
+        server.start()
+        try:
+            ready = server.wait_ready(300)
+            if "error" in ready:
+                print(f"server did not start: {ready['error']}", file=sys.stderr)
+                return 1
+            runs = [one_run(server, args.clip, args.codec, n, args.seconds, work) for n in counts]
+        finally:
+            server.stop()
+    report = {
+        "command": ["python", "-m", "bench.gil_profile", *(argv if argv is not None else sys.argv[1:])],
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git": git_state(),
+        "machine": host_info(),
+        "server_argv": server_argv,
+        "sample_rate_hz": RATE_HZ,
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    for r in runs:
+        print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
