@@ -34,7 +34,7 @@ def now_iso() -> str:
 def _git(*args: str) -> str:
     return subprocess.run(
         ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=20, check=True
-    ).stdout.strip()
+    ).stdout.rstrip()  # not strip(): porcelain lines start with a status column that may be a space
 
 
 def git_state() -> dict[str, Any]:

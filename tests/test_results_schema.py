@@ -335,3 +335,28 @@ def test_git_state_falls_back_to_the_stamp_in_a_copy_without_git(tmp_path, monke
     monkeypatch.delenv(provenance.STAMP_ENV)
     stamp.unlink()
     assert provenance.git_state()["commit"] is None
+
+
+@pytest.mark.unit
+def test_git_state_names_each_changed_file_whole(tmp_path, monkeypatch):
+    """`git status --porcelain` starts an unstaged change's line with a space: the first
+    changed file must not lose its first letter."""
+    import subprocess
+
+    from bench import provenance
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("bench.json", "code.py"):
+        (tmp_path / name).write_text("0\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start")
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    assert provenance.git_state()["dirty"] is False
+    (tmp_path / "bench.json").write_text("1\n")  # unstaged: " M bench.json"
+    (tmp_path / "code.py").write_text("1\n")
+    git("add", "code.py")  # staged: "M  code.py"
+    state = provenance.git_state()
+    assert state["dirty"] is True and state["changed"] == ["bench.json", "code.py"]
