@@ -22,7 +22,8 @@ buffer, assembly, decode, receive->decoded) and from requestVideoFrameCallback (
 packet received -> frame presented).
 
 Configurations are interleaved `--repeats` times so that a change in the machine's load
-hits them all alike.
+hits them all alike. Every file records the command, the git commit it ran at (with the
+files changed locally, if any), the machine, its load and the library versions.
 """
 
 from __future__ import annotations
@@ -412,10 +413,18 @@ def _newest(kind: str) -> tuple[Path, dict[str, Any]]:
     return files[-1], json.loads(files[-1].read_text())
 
 
+def _commit(report: dict[str, Any]) -> str:
+    git = report.get("git") or {}
+    if not git.get("commit"):
+        return "commit not recorded"
+    return f"commit `{git['commit'][:7]}`" + (" with local changes" if git.get("dirty") else "")
+
+
 def _where(path: Path, report: dict[str, Any]) -> str:
     m = report["machine"]
     return (
-        f"`{path.relative_to(REPO)}`: `{report['command']}` on {report['date']} at nice {m.get('nice', 0)}, "
+        f"`{path.relative_to(REPO)}`: `{report['command']}` at {_commit(report)} on {report['date']} "
+        f"at nice {m.get('nice', 0)}, "
         f"{m['cpu']} ({m['cores']} cores, shared; 1-minute load average {m['load_avg_1m_at_start']:.1f} at the start, "
         f"{m['load_avg_1m_at_end']:.1f} at the end), aiortc {m['aiortc']}, PyAV {m['av']}."
     )

@@ -354,32 +354,6 @@ def test_nothing_matches_without_probes_or_stamps():
 
 
 @pytest.mark.unit
-def test_git_state_names_changed_files_whole(tmp_path, monkeypatch):
-    """A change to a tracked file shows as " M path" in git's status: the path keeps its
-    first letter (a results file once listed "EADME.md")."""
-    import subprocess
-
-    from bench import provenance
-
-    def git(*args: str) -> None:
-        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
-
-    git("init", "-q")
-    for name in ("README.md", "b.txt"):
-        (tmp_path / name).write_text("one\n")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
-    (tmp_path / "README.md").write_text("two\n")
-    (tmp_path / "b.txt").write_text("two\n")
-    git("add", "b.txt")
-    monkeypatch.setattr(provenance, "REPO", tmp_path)
-    monkeypatch.delenv(provenance.STAMP_ENV, raising=False)
-    state = provenance.git_state()
-    assert state["dirty"] and sorted(state["changed"]) == ["README.md", "b.txt"]
-    assert len(state["commit"]) == 40
-
-
-@pytest.mark.unit
 def test_git_state_falls_back_to_the_stamp_in_a_copy_without_git(tmp_path, monkeypatch):
     """The lent GPU machine gets the working tree without .git: results still name the commit."""
     import subprocess
@@ -406,3 +380,28 @@ def test_git_state_falls_back_to_the_stamp_in_a_copy_without_git(tmp_path, monke
     monkeypatch.delenv(provenance.STAMP_ENV)
     stamp.unlink()
     assert provenance.git_state()["commit"] is None
+
+
+@pytest.mark.unit
+def test_git_state_names_each_changed_file_whole(tmp_path, monkeypatch):
+    """`git status --porcelain` starts an unstaged change's line with a space: the first
+    changed file must not lose its first letter."""
+    import subprocess
+
+    from bench import provenance
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("bench.json", "code.py"):
+        (tmp_path / name).write_text("0\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start")
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    assert provenance.git_state()["dirty"] is False
+    (tmp_path / "bench.json").write_text("1\n")  # unstaged: " M bench.json"
+    (tmp_path / "code.py").write_text("1\n")
+    git("add", "code.py")  # staged: "M  code.py"
+    state = provenance.git_state()
+    assert state["dirty"] is True and state["changed"] == ["bench.json", "code.py"]
