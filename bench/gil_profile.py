@@ -34,6 +34,7 @@ from bench.serve_process import ServeProcess, free_port, serve_argv
 
 PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
 RATE_HZ = 200
+TOP_FUNCTIONS = 24
 """py-spy samples per second."""
 THREAD_ROLES = (
     ("MainThread", "event loop"),  # aiohttp, aiortc's RTP/RTCP, data channels, signaling
@@ -61,18 +62,30 @@ def role_of(name: str, stack: str) -> str:
 
 
 def parse_raw(text: str) -> dict[str, Counter[str]]:
-    """py-spy's raw (collapsed) output -> samples per role and per thread."""
+    """py-spy's raw (collapsed) output -> samples per role, per thread, and per function
+    of the event loop's stacks (inclusive: a sample counts for every function on its
+    stack once)."""
     by_role: Counter[str] = Counter()
     by_thread: Counter[str] = Counter()
+    loop_functions: Counter[str] = Counter()
     for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         match = THREAD.match(stack)
         name = match.group("name") if match else "?"
-        by_role[role_of(name, stack)] += int(count)
+        role = role_of(name, stack)
+        by_role[role] += int(count)
         by_thread[name] += int(count)
-    return {"role": by_role, "thread": by_thread}
+        if role == "event loop":
+            for function in set(_function(f) for f in stack.split(";")[1:]):
+                loop_functions[function] += int(count)
+    return {"role": by_role, "thread": by_thread, "loop_functions": loop_functions}
+
+
+def _function(frame: str) -> str:
+    """'name (path/file.py:123)' -> 'name (path/file.py)': lines of one function merge."""
+    return re.sub(r":\d+\)$", ")", frame.strip())
 
 
 def sample(pid: int, seconds: float, out: Path) -> dict[str, Counter[str]]:
@@ -104,6 +117,7 @@ def one_run(server: ServeProcess, clip: Path, codec: str, clients: int, seconds:
     ok = [r for r in results if r.get("ok")]
     fps = sum(r["fps"] for r in ok)
     held = sum(samples["role"].values()) / (RATE_HZ * window)
+    loop = samples["role"]["event loop"]
     return {
         "codec": codec,
         "clients": clients,
@@ -114,6 +128,11 @@ def one_run(server: ServeProcess, clip: Path, codec: str, clients: int, seconds:
         "gil_held_share_by_role": {k: round(v / (RATE_HZ * window), 3) for k, v in samples["role"].most_common()},
         "gil_held_ms_per_frame": round(1000 * held / fps, 2) if fps else None,
         "busiest_threads": {k: round(v / (RATE_HZ * window), 3) for k, v in samples["thread"].most_common(8)},
+        # Share of the event loop's GIL-held samples per function, leaving out the frames
+        # every sample has (runpy, the CLI, aiohttp's run_app).
+        "event_loop_functions": {
+            k: round(v / loop, 3) for k, v in samples["loop_functions"].most_common(TOP_FUNCTIONS + 8) if v < loop
+        },
     }
 
 

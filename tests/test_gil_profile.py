@@ -27,6 +27,12 @@ def test_samples_are_counted_per_role_and_per_thread():
     assert got["role"] == {"event loop": 30, "engine": 12, "frames in": 3, "decode": 5, "encode": 4, "other": 2}
     assert got["thread"]["MainThread"] == 30 and got["thread"]["engine-1"] == 12
     assert sum(got["thread"].values()) == 56
+    # inclusive per function of the event loop's stacks, lines merged
+    assert got["loop_functions"]["_on_data (aioice/ice.py)"] == 30
+    assert (
+        got["loop_functions"]["run (asyncio/runners.py)"] == 30
+        and "step (pipeline/core.py)" not in got["loop_functions"]
+    )
 
 
 def test_a_named_thread_keeps_its_role_whatever_its_stack_calls():
