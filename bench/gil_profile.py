@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="each client's streaming time")
     p.add_argument("--clip", type=Path, default=REPO.parent / "shared" / "data" / "davis" / "blackswan.mp4")
     p.add_argument("--serve-arg", action="append", default=[], help="extra server option (default: preview engine)")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cpu" / "gil-profile.json")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "profiles" / "gil-profile.json")
     args = p.parse_args(argv)
     if not Path(PY_SPY).is_file():
         p.error("py-spy is not installed (next to this Python or on PATH): pip install py-spy")
