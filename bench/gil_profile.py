@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ from typing import Any
 
 from bench.provenance import REPO, git_state, host_info
 from bench.serve_process import ServeProcess, free_port, serve_argv
+from bench.webrtc_load import client_argv, collect_client, start_clients
 
 PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
 RATE_HZ = 200
@@ -98,25 +100,12 @@ def sample(pid: int, seconds: float, out: Path) -> dict[str, Counter[str]]:
 
 
 def one_run(server: ServeProcess, clip: Path, codec: str, clients: int, seconds: float, work: Path) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "bench.webrtc_load", "client", "--url", server.url, "--clip", str(clip)]
-    argv += ["--codec", codec, "--seconds", str(seconds)]
-    procs = [subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
-    procs += [
-        subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(clients - 1)
-    ]
+    procs = start_clients(client_argv(server.url, clip, codec, seconds), clients)
     time.sleep(min(4.0, seconds / 3))  # connected and streaming
     window = max(2.0, seconds / 2)
     assert server.proc is not None
     samples = sample(server.proc.pid, window, work / f"gil-{codec}-{clients}.txt")
-    results = []
-    for p in procs:
-        out, _ = p.communicate(timeout=seconds + 120)
-        try:
-            results.append(json.loads(out.strip().splitlines()[-1]))
-        except (IndexError, ValueError):
-            results.append({"ok": False})
-    ok = [r for r in results if r.get("ok")]
+    ok = [r for r in (collect_client(p, seconds + 120) for p in procs) if r.get("ok")]
     fps = sum(r["fps"] for r in ok)
     held = sum(samples["role"].values()) / (RATE_HZ * window)
     loop = samples["role"]["event loop"]
@@ -160,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         server_argv = serve_argv(free_port(), ["--max-sessions", str(max(counts)), "--offer-rate", "0", *serve_extra])
-        server = ServeProcess(server_argv, dict(__import__("os").environ), work / "server.log")
+        server = ServeProcess(server_argv, dict(os.environ), work / "server.log")
         server.start()
         try:
             ready = server.wait_ready(300)

@@ -46,16 +46,19 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes] | None:
         return None
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (no psutil needed)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _stat_cpu_seconds(stat: Path) -> float:
+    """utime + stime from a /proc stat file (no psutil needed)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu_seconds(pid: int, tid: int) -> float:
-    """utime + stime of one thread of a process (the main thread: tid == pid)."""
-    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """One thread of a process (the main thread: tid == pid)."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/task/{tid}/stat"))
 
 
 def health_of(url: str) -> dict[str, Any] | None:

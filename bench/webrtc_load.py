@@ -76,7 +76,20 @@ async def _drain(track: ClipTrack, client: LoopbackClient, end: float) -> None:
         await asyncio.sleep(0.1)
 
 
-def _collect(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+def client_argv(url: str, clip: Path, codec: str, seconds: float) -> list[str]:
+    """One load client process (`python -m bench.webrtc_load client ...`)."""
+    argv = [sys.executable, "-m", "bench.webrtc_load", "client", "--url", url, "--clip", str(clip)]
+    return [*argv, "--codec", codec, "--seconds", str(seconds)]
+
+
+def start_clients(argv: list[str], n: int) -> list[subprocess.Popen[str]]:
+    return [
+        subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)
+    ]
+
+
+def collect_client(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    """A client's printed result, or {"ok": False, "error": ...}."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -133,16 +146,12 @@ class WebrtcRun:
 
     def one(self, codec: str, n: int) -> dict[str, Any]:
         server = self.server
-        argv = [sys.executable, "-m", "bench.webrtc_load", "client", "--url", server.url, "--clip", str(self.clip)]
-        argv += ["--codec", codec, "--seconds", str(self.seconds)]
+        argv = client_argv(server.url, self.clip, codec, self.seconds)
         self.processes.append({"role": "client", "name": f"webrtc {codec} x{n}", "argv": argv, "count": n})
         hists0 = {name: server.histogram(name) for name in (ENGINE_LATENCY, ENGINE_STEP, ENGINE_BATCH)}
         cpu0, loop0, t0 = server.cpu_seconds(), server.loop_cpu_seconds(), time.monotonic()
-        procs = [
-            subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(n)
-        ]
-        clients = [_collect(p, self.seconds + 120) for p in procs]
+        procs = start_clients(argv, n)
+        clients = [collect_client(p, self.seconds + 120) for p in procs]
         elapsed = time.monotonic() - t0
         cores, loop_cores = (server.cpu_seconds() - cpu0) / elapsed, (server.loop_cpu_seconds() - loop0) / elapsed
         deltas = {name: _delta(h0, server.histogram(name)) for name, h0 in hists0.items()}

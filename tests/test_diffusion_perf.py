@@ -4,6 +4,8 @@ out-of-memory recovery, the compile cache and the warm-up progress run end to en
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -274,14 +276,14 @@ def test_compile_cache_round_trip_in_fresh_processes(tmp_path):
         print(json.dumps({{"loaded": cache.loaded, "inductor": os.environ["TORCHINDUCTOR_CACHE_DIR"]}}))
         """
     )
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("TORCHINDUCTOR_", "TRITON_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHINDUCTOR_", "TRITON_"))}
     runs = []
     for _ in range(2):
         out = subprocess.run(
             [sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env, check=False
         )
         assert out.returncode == 0, out.stderr[-2000:]
-        runs.append(__import__("json").loads(out.stdout.strip().splitlines()[-1]))
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(runs)
     assert runs[0]["loaded"] is False and runs[1]["loaded"] is True
     assert runs[0]["inductor"] == str(tmp_path / "inductor")
@@ -311,17 +313,13 @@ def test_cache_key_is_the_same_in_every_process_of_a_configuration():
     )
     runs = []
     for seed in ("1", "2", "3"):
-        env = {**__import__("os").environ, "PYTHONHASHSEED": seed}
+        env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env)
         assert out.returncode == 0, out.stderr[-2000:]
-        runs.append(__import__("json").loads(out.stdout.strip().splitlines()[-1]))
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(runs)
-    assert len({json_text(r["raw"]) for r in runs}) > 1  # the hazard is real in this diffusers
+    assert len({json.dumps(r["raw"]) for r in runs}) > 1  # the hazard is real in this diffusers
     assert len({r["key"] for r in runs}) == 1
-
-
-def json_text(value) -> str:
-    return __import__("json").dumps(value)
 
 
 @pytest.mark.unit
@@ -331,7 +329,7 @@ def test_the_mega_cache_keeps_a_bounded_number_of_entries(tmp_path):
     for n in range(10):
         for suffix in (".bin", ".json"):
             (tmp_path / f"k{n}{suffix}").write_text("x")
-            __import__("os").utime(tmp_path / f"k{n}{suffix}", (1000 + n, 1000 + n))
+            os.utime(tmp_path / f"k{n}{suffix}", (1000 + n, 1000 + n))
     removed = prune(tmp_path, keep=8)
     assert sorted(p.name for p in removed) == ["k0.bin", "k1.bin"]
     assert sorted(p.stem for p in tmp_path.glob("*.bin")) == [f"k{n}" for n in range(2, 10)]
