@@ -112,6 +112,11 @@ class BenchConfig:
     """Buckets of the server processes (warmup, webrtc)."""
     serve_args: tuple[str, ...] = ()
     """Extra options for every server process (e.g. its compile-cache flag)."""
+    media_processes: int = 0
+    """Media processes of the webrtc scenario: 0 = the clients connect to the server that
+    runs the engine; N = N more `livestyle serve --engine-socket` processes take the clients
+    (round robin), each with its own GIL and event loop, and feed that server's engine
+    (--engine-host)."""
     switches: tuple[tuple[str, Any], ...] = ()
     """Speed switches given on the command line, as (DiffusionConfig field, value): set on
     the in-process engines (main and adapter) and passed to every server process."""

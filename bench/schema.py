@@ -117,6 +117,7 @@ WEBRTC_ROW = obj(
         "e2e_client_p50_ms": array(N),
         "transport_mean_ms": N,
         "server_loop_cores": POS,
+        "media_loop_cores": array(POS),
         "engine_step": HISTOGRAM_LATENCY,
         "batch_mean": POS,
     },
@@ -153,7 +154,8 @@ SCENARIOS = obj(
                 "seconds": POS,
                 "settle_s": POS,
                 "rows": array(WEBRTC_ROW),
-            }
+            },
+            {"media_processes": COUNT},
         ),
     },
 )

@@ -5,6 +5,7 @@ WebRTC load runs against the first server."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from bench.harness import RUN_OVERHEAD_S, BenchConfig
@@ -33,13 +34,25 @@ def serve_args(config: BenchConfig) -> list[str]:
     return args + list(config.serve_args)
 
 
+def media_args(config: BenchConfig, socket_path: str) -> list[str]:
+    """A media process's options: no engine of its own, the engine server's socket, and
+    its share of the clients (round robin) as its session limit."""
+    share = -(-max(config.webrtc_clients) // config.media_processes)
+    return ["--engine-socket", socket_path, "--max-sessions", str(share), "--offer-rate", "0"]
+
+
 class ServeScenarios:
     def __init__(self, config: BenchConfig, out: ResultsFile, clock: RunClock) -> None:
         self.config = config
         self.out = out
         self.clock = clock
         self.env, self.removed_env = server_env()
-        self.argv = serve_argv(free_port(), serve_args(config))
+        args = serve_args(config)
+        # A short path: Unix socket paths hold at most 107 bytes.
+        self.socket_path = f"/tmp/livestyle-bench-{os.getpid()}.sock"
+        if config.media_processes and "webrtc" in config.scenarios:
+            args += ["--engine-host", self.socket_path]
+        self.argv = serve_argv(free_port(), args)
         self.starts = 0
 
     def start(self, name: str) -> tuple[ServeProcess, dict[str, Any]]:
@@ -100,5 +113,35 @@ class ServeScenarios:
             return False
 
         clip = c.davis_dir / f"{c.clips[0]}.mp4"
-        run = WebrtcRun(server, clip, c.webrtc_seconds, self.out.processes, self.clock)
-        run.fill(section, c.webrtc_clients, c.webrtc_codecs, fits, self.out.save)
+        media = self.start_media()
+        try:
+            if len(media) < c.media_processes:
+                self.out.skip("webrtc", "a media process did not start (its log is next to the results file)")
+                return
+            if media:
+                section["media_processes"] = len(media)
+            run = WebrtcRun(server, clip, c.webrtc_seconds, self.out.processes, self.clock, media)
+            run.fill(section, c.webrtc_clients, c.webrtc_codecs, fits, self.out.save)
+        finally:
+            for proc in media:
+                proc.stop()
+
+    def start_media(self) -> list[ServeProcess]:
+        """The media processes (none unless --media-processes), ready; fewer if one failed."""
+        media: list[ServeProcess] = []
+        for i in range(self.config.media_processes):
+            argv = serve_argv(free_port(), media_args(self.config, self.socket_path))
+            self.out.processes.append(server_record(f"media process {i + 1}", argv, self.removed_env))
+            log = self.out.path.with_name(f"{self.out.path.stem}-media-{i + 1}.log")
+            proc = ServeProcess(argv, self.env, log)
+            proc.start()
+            record = proc.wait_ready(60)
+            self.clock(
+                f"media process {i + 1}: "
+                + (f"ready after {record['ready_s']} s" if "ready_s" in record else record["error"])
+            )
+            if "ready_s" not in record:
+                proc.stop()
+                break
+            media.append(proc)
+        return media

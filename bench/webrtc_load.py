@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +83,12 @@ def client_argv(url: str, clip: Path, codec: str, seconds: float) -> list[str]:
 
 
 def start_clients(argv: list[str], n: int) -> list[subprocess.Popen[str]]:
+    return start_client_list([argv] * n)
+
+
+def start_client_list(argvs: list[list[str]]) -> list[subprocess.Popen[str]]:
     return [
-        subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)
+        subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for argv in argvs
     ]
 
 
@@ -115,8 +119,12 @@ class WebrtcRun:
         seconds: float,
         processes: list[dict[str, Any]],
         progress: Callable[[str], None],
+        media: Sequence[ServeProcess] = (),
     ) -> None:
+        """media: processes without an engine that take the clients (round robin) and feed
+        `server`'s engine; none = the clients connect to `server`."""
         self.server = server
+        self.media = list(media)
         self.clip = clip
         self.seconds = seconds
         self.processes = processes
@@ -140,20 +148,27 @@ class WebrtcRun:
                 section["rows"].append(self.one(codec, n))
                 save()
                 for _ in range(40):  # sessions close when the clients hang up
-                    if self.server.sessions() == 0:
+                    if all(p.sessions() == 0 for p in (self.server, *self.media)):
                         break
                     time.sleep(0.25)
 
     def one(self, codec: str, n: int) -> dict[str, Any]:
-        server = self.server
-        argv = client_argv(server.url, self.clip, codec, self.seconds)
-        self.processes.append({"role": "client", "name": f"webrtc {codec} x{n}", "argv": argv, "count": n})
+        server, targets = self.server, self.media or [self.server]
+        argvs = [client_argv(targets[i % len(targets)].url, self.clip, codec, self.seconds) for i in range(n)]
+        for i in range(min(n, len(targets))):
+            count = len(range(i, n, len(targets)))
+            name = f"webrtc {codec} x{n}" + (f" -> media process {i + 1}" if self.media else "")
+            self.processes.append({"role": "client", "name": name, "argv": argvs[i], "count": count})
         hists0 = {name: server.histogram(name) for name in (ENGINE_LATENCY, ENGINE_STEP, ENGINE_BATCH)}
-        cpu0, loop0, t0 = server.cpu_seconds(), server.loop_cpu_seconds(), time.monotonic()
-        procs = start_clients(argv, n)
+        every = [server, *self.media]
+        cpu0, t0 = sum(p.cpu_seconds() for p in every), time.monotonic()
+        loops0 = [p.loop_cpu_seconds() for p in every]
+        procs = start_client_list(argvs)
         clients = [collect_client(p, self.seconds + 120) for p in procs]
         elapsed = time.monotonic() - t0
-        cores, loop_cores = (server.cpu_seconds() - cpu0) / elapsed, (server.loop_cpu_seconds() - loop0) / elapsed
+        cores = (sum(p.cpu_seconds() for p in every) - cpu0) / elapsed
+        loops = [(p.loop_cpu_seconds() - l0) / elapsed for p, l0 in zip(every, loops0, strict=True)]
+        loop_cores = loops[0]
         deltas = {name: _delta(h0, server.histogram(name)) for name, h0 in hists0.items()}
         row = _client_columns(codec, n, clients)
         row["engine"] = _block(deltas[ENGINE_LATENCY], ENGINE_LATENCY, "the engine made no frames")
@@ -163,6 +178,8 @@ class WebrtcRun:
         # Where a server falls behind: its event loop (one core at most), or steps that
         # take longer than the GPU needs, or batches smaller than the sessions.
         row["server_loop_cores"] = round(loop_cores, 2)
+        if self.media:  # server_cpu_cores is then the sum over the engine's and these processes
+            row["media_loop_cores"] = [round(c, 2) for c in loops[1:]]
         row["engine_step"] = _block(deltas[ENGINE_STEP], ENGINE_STEP, "the engine made no steps")
         batches = deltas[ENGINE_BATCH]
         if batches is not None and batches[0] and batches[0][-1][1]:

@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
-from pipeline.bridge import EngineBridge
 from pipeline.core import EngineCore, StepResult
 from pipeline.health import EngineHealth
 from pipeline.messages import (
@@ -75,13 +74,49 @@ class EngineSpec:
     (shown by /healthz while warming up). Called again for every rebuild."""
 
 
+class Bridge(Protocol):
+    """Where commands and frames go: the engine thread's EngineBridge, or a socket to an
+    engine in another process (pipeline.remote)."""
+
+    def put_frame(self, frame: FrameIn) -> bool: ...
+
+    def send(self, cmd: Command, *, discard_frames_of: str | None = None) -> None: ...
+
+
+class Link(Protocol):
+    """What keeps an engine behind a bridge: the restart supervisor, or a remote link."""
+
+    @property
+    def bridge(self) -> Bridge | None: ...
+
+    def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+LinkFactory = Callable[[EngineStats, EngineHealth, "EngineClient"], Link]
+
+
 class EngineClient:
-    def __init__(self, spec: EngineSpec, stats: EngineStats | None = None, *, runtime: RuntimeConfig | None = None):
+    def __init__(
+        self,
+        spec: EngineSpec,
+        stats: EngineStats | None = None,
+        *,
+        runtime: RuntimeConfig | None = None,
+        link: LinkFactory | None = None,
+    ):
+        """link: how to reach an engine that is not built here (pipeline.remote); by default
+        the spec is built on an engine thread of this process, under the restart supervisor."""
         self.info = spec.info
         self.stats = stats or EngineStats()
         self.health = EngineHealth()
         self.failure: str = ""
-        self._supervisor = EngineSupervisor(spec, self.stats, runtime or RuntimeConfig(), self.health, self)
+        self._supervisor: Link
+        if link is None:
+            self._supervisor = EngineSupervisor(spec, self.stats, runtime or RuntimeConfig(), self.health, self)
+        else:
+            self._supervisor = link(self.stats, self.health, self)
         self._sessions: dict[str, EngineSession] = {}
         self._started = False
         self._ready = asyncio.Event()
@@ -118,20 +153,22 @@ class EngineClient:
         return not self.health.final
 
     @property
-    def _bridge(self) -> EngineBridge | None:
+    def _bridge(self) -> Bridge | None:
         return self._supervisor.bridge
 
     # ---- sessions ---------------------------------------------------------------------
 
-    def open_session(self, session_id: str, prompt: str) -> EngineSession:
+    def open_session(self, session_id: str, prompt: str, seq: int = 0) -> EngineSession:
+        """seq: the prompt's seq, when a session of another process's client comes back to
+        this engine with a prompt it had changed to (pipeline.host); 0 for a new one."""
         if not self.healthy or not self._started:
             raise EngineUnavailable(self.failure or f"engine is {self.state}")
         if session_id in self._sessions:
             raise ValueError(f"session {session_id} is already open")
-        session = EngineSession(self, session_id, prompt)
+        session = EngineSession(self, session_id, prompt, seq)
         self._sessions[session_id] = session
         if self._bridge is not None:  # else it is attached to the engine being rebuilt
-            self._bridge.send(AddSession(session_id, prompt))
+            self._bridge.send(AddSession(session_id, prompt, seq))
         return session
 
     def _close_session(self, session_id: str) -> None:
@@ -144,7 +181,7 @@ class EngineClient:
 
     # ---- SupervisedClient: called on the loop -----------------------------------------
 
-    def attach(self, bridge: EngineBridge) -> None:
+    def attach(self, bridge: Bridge) -> None:
         for session in self._sessions.values():
             for cmd in session._attach_commands():
                 bridge.send(cmd)
@@ -179,7 +216,7 @@ class EngineClient:
 class EngineSession:
     """One stream's view of the engine. Use from the event loop only."""
 
-    def __init__(self, client: EngineClient, session_id: str, prompt: str) -> None:
+    def __init__(self, client: EngineClient, session_id: str, prompt: str, seq: int = 0) -> None:
         self.session_id = session_id
         self._client = client
         self._out: LatestSlot[FrameOut] = LatestSlot()
@@ -191,7 +228,7 @@ class EngineSession:
         self._fps_out = RateWindow()
         # What a rebuilt engine must be told: the prompt frames are made with, a newer one
         # not yet confirmed (applied or refused), and the adapter strength asked for.
-        self._applied: tuple[str, int] = (prompt, 0)
+        self._applied: tuple[str, int] = (prompt, seq)
         self._requested: SetPrompt | None = None
         self._adapter: SetAdapterStrength | None = None
         self._seed: Reseed | None = None
@@ -203,11 +240,12 @@ class EngineSession:
         are made with ("" once the initial prompt was refused)."""
         return self._requested.prompt if self._requested is not None else self._applied[0]
 
-    def submit(self, image: np.ndarray, pts: int, time_base: Fraction) -> None:
-        """Hand the newest camera frame to the engine; never blocks."""
+    def submit(self, image: np.ndarray, pts: int, time_base: Fraction, t_in: float | None = None) -> None:
+        """Hand the newest camera frame to the engine; never blocks. t_in: when the frame
+        arrived (time.monotonic(), by default now; a media process passes its own)."""
         if self._out.closed:
             return
-        now = time.monotonic()
+        now = time.monotonic() if t_in is None else t_in
         self.frames_in += 1
         self._fps_in.add(now)
         self._client.stats.frames_in.inc()

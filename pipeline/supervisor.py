@@ -25,7 +25,7 @@ from pipeline.runtime import RuntimeConfig
 from pipeline.stats import EngineStats
 
 if TYPE_CHECKING:
-    from pipeline.client import EngineSpec
+    from pipeline.client import Bridge, EngineSpec
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ MAX_BACKOFF_S = 60.0
 class SupervisedClient(Protocol):
     """What the supervisor tells the engine client (on the event loop)."""
 
-    def attach(self, bridge: EngineBridge) -> None:
+    def attach(self, bridge: Bridge) -> None:
         """Send every live session's state to a new bridge."""
 
     def ready(self) -> None:

@@ -13,6 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.client import EngineClient, EngineSpec
 from pipeline.engines import resolve_engine
+from pipeline.host import EngineHost
+from pipeline.remote import RemoteLink, remote_spec
 from server.access import AccessGate, AccessPolicy, RateLimiter
 from server.bodies import body_middleware, read_json
 from server.cluster import add_routes as add_cluster_routes
@@ -46,7 +48,9 @@ def create_app(config: ServerConfig, engine_spec: EngineSpec | None = None) -> w
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[CONFIG] = config
     app[MAX_BODY] = config.max_body_bytes
-    app[ENGINE_SPEC] = engine_spec if engine_spec is not None else resolve_engine(config.engine)
+    if engine_spec is None:
+        engine_spec = engine_spec_of(config)
+    app[ENGINE_SPEC] = engine_spec
     app[GATE] = AccessGate(AccessPolicy(config.auth_tokens), RateLimiter(config.offer_rate_per_min, config.offer_burst))
     app.cleanup_ctx.append(_engine_and_sessions)
     if config.cluster.forwarding:
@@ -62,6 +66,14 @@ def create_app(config: ServerConfig, engine_spec: EngineSpec | None = None) -> w
     app.router.add_get("/static/{name:.+}", _static_files())
     app.router.add_post("/session/{session_id}/close", close_session)
     return app
+
+
+def engine_spec_of(config: ServerConfig) -> EngineSpec:
+    """The engine this server builds, or, with --engine-socket, what stands for another
+    process's engine until it answers."""
+    if config.engine_socket:
+        return remote_spec(config.engine_socket, config.engine.size, config.engine.max_prompt_chars)
+    return resolve_engine(config.engine)
 
 
 def server_options(config: ServerConfig) -> dict[str, Any]:
@@ -85,8 +97,12 @@ async def _engine_and_sessions(app: web.Application) -> AsyncIterator[None]:
     install_marker_release()  # video frames leave aiortc's jitter buffer on their marker packet
     install_realtime_encoders()  # cheaper encoder settings for the stylized stream
     config = app[CONFIG]
-    engine = EngineClient(app[ENGINE_SPEC], runtime=config.runtime)
+    link = RemoteLink.factory(config.engine_socket) if config.engine_socket else None
+    engine = EngineClient(app[ENGINE_SPEC], runtime=config.runtime, link=link)
     engine.start()
+    host = EngineHost(engine, config.engine_host) if config.engine_host else None
+    if host is not None:
+        await host.start()
     registry = SessionRegistry(
         engine,
         max_sessions=config.max_sessions,
@@ -107,9 +123,12 @@ async def _engine_and_sessions(app: web.Application) -> AsyncIterator[None]:
     app[DRAINER] = drainer = Drainer(registry, config.cluster.drain_grace_s)
     app[METRICS] = build_registry(engine, registry)
     yield
-    # Order matters: peers first (they feed the engine), then the engine thread.
+    # Order matters: peers first (they feed the engine), then other processes' sessions,
+    # then the engine thread.
     await drainer.aclose()
     await registry.aclose()
+    if host is not None:
+        await host.aclose()
     await engine.aclose()
 
 

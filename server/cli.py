@@ -85,8 +85,7 @@ def listening_lines(host: str, port: int, scheme: str) -> list[str]:
 
 
 def serve(config: ServerConfig) -> None:
-    from pipeline.engines import resolve_engine
-    from server.app import create_app, server_options  # imports aiortc: only when serving
+    from server.app import create_app, engine_spec_of, server_options  # imports aiortc: only when serving
 
     ssl_context = None
     if config.tls_cert is not None and config.tls_key is not None:
@@ -100,7 +99,7 @@ def serve(config: ServerConfig) -> None:
         ssl_context = tls.ssl_context(cert, key)
     # Quick checks only (model reference, CUDA, cache, one Hub look-up): the download and the
     # weights load run in the engine's build, after the bind.
-    spec = resolve_engine(config.engine)
+    spec = engine_spec_of(config)
     sock = _listen(config.host, config.port)
     bound_port = sock.getsockname()[1]
     for line in listening_lines(config.host, bound_port, "https" if ssl_context else "http"):

@@ -35,6 +35,8 @@ from server.turn import TurnConfig
 from signaling.ice import IceServer
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_SOCKET_PATH = 107
+"""Longest Unix socket path Linux takes (sun_path holds 108 bytes with the NUL)."""
 POD_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 """A pod name as a StatefulSet makes them (a DNS label): it becomes part of ids and host names."""
 
@@ -176,6 +178,13 @@ class ServerConfig:
     """Control-channel messages a session may send at once before control_rate applies."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     """Pod identity, forwarding to peer pods and draining (fleet use; off by default)."""
+    # ---- engine shared between processes (pipeline.host, pipeline.remote) ----
+    engine_host: str | None = None
+    """Unix socket path on which this server also lends its engine to media processes
+    (other servers started with engine_socket = this path); none = only its own sessions."""
+    engine_socket: str | None = None
+    """Unix socket path of another server's engine (its engine_host): this process builds
+    no engine and runs only the WebRTC sessions, with its own GIL and event loop."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -220,6 +229,18 @@ class ServerConfig:
             raise ConfigError(
                 f"connect timeout {self.connect_timeout_s} s is not allowed; use 1..600 (--connect-timeout)"
             )
+        if self.engine_host and self.engine_socket:
+            raise ConfigError(
+                f"--engine-host {self.engine_host} and --engine-socket {self.engine_socket} exclude each other: a "
+                "process either runs the engine (and may lend it) or uses another's"
+            )
+        for name, flag in (("engine_host", "--engine-host"), ("engine_socket", "--engine-socket")):
+            path = getattr(self, name)
+            if path is not None and not 0 < len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+                raise ConfigError(
+                    f"{flag} {path!r} is not a usable Unix socket path; use 1..{MAX_SOCKET_PATH} bytes "
+                    "(a short absolute path such as /tmp/livestyle-engine.sock)"
+                )
         if not 1 <= self.control_rate <= 10_000 or not 1 <= self.control_burst <= 100_000:
             raise ConfigError(
                 f"control rate {self.control_rate}/s with burst {self.control_burst} is not allowed; use "
@@ -516,6 +537,15 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"control messages a session may send at once (LIVESTYLE_CONTROL_BURST, default {d.control_burst})",
     )
+    g = p.add_argument_group("one engine, several processes (each with its own GIL for WebRTC)")
+    g.add_argument(
+        "--engine-host",
+        help=_help("Unix socket on which to lend this server's engine to media processes", "engine_host"),
+    )
+    g.add_argument(
+        "--engine-socket",
+        help=_help("run no engine: use the one another server lends on this Unix socket", "engine_socket"),
+    )
     add_engine_arguments(p)
     _add_runtime_arguments(p)
     _add_cluster_arguments(p)
@@ -610,6 +640,8 @@ def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
 
 # argparse dest -> (environment variable, type, field of the config dataclass)
 _SERVER_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "engine_host": ("LIVESTYLE_ENGINE_HOST", str, "engine_host"),
+    "engine_socket": ("LIVESTYLE_ENGINE_SOCKET", str, "engine_socket"),
     "host": ("LIVESTYLE_HOST", str, "host"),
     "port": ("LIVESTYLE_PORT", int, "port"),
     "max_sessions": ("LIVESTYLE_MAX_SESSIONS", int, "max_sessions"),
@@ -831,6 +863,13 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
         default=[],
         help="extra option for every server process, repeatable (e.g. --serve-arg=--cache-dir=DIR)",
     )
+    p.add_argument(
+        "--media-processes",
+        type=int,
+        default=b.media_processes,
+        help="webrtc: server processes without an engine that take the clients and feed the first one's "
+        "engine over a Unix socket (default: 0 = the clients connect to the engine's server)",
+    )
     p.add_argument("--serve-timeout", type=float, default=b.serve_timeout_s, help="seconds a server may take to start")
     p.add_argument("--log-level", choices=LOG_LEVELS, default=b.log_level)
     add_speed_switches(p.add_argument_group("speed switches (the in-process engine and every server process)"))
@@ -861,6 +900,8 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
     for flag, values in (("--buckets", args.buckets), ("--serve-buckets", args.serve_buckets)):
         if not values or any(v not in BATCH_BUCKETS for v in values):
             raise ConfigError(f"{flag} {values} is not allowed; use a subset of {BATCH_BUCKETS}")
+    if not 0 <= args.media_processes <= 16:
+        raise ConfigError(f"--media-processes {args.media_processes} is not allowed; use 0..16")
     numbers = {
         "--frames": args.frames,
         "--naive-frames": args.naive_frames,
@@ -898,6 +939,7 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
         webrtc_engine=args.webrtc_engine,
         serve_buckets=args.serve_buckets,
         serve_args=tuple(args.serve_arg),
+        media_processes=args.media_processes,
         serve_timeout_s=args.serve_timeout,
         log_level=args.log_level,
         switches=speed_switches(args),

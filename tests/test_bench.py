@@ -118,6 +118,30 @@ def test_warmup_and_webrtc_against_real_server_processes(tmp_path):
     assert [c["count"] for c in clients] == [1, 1] and clients[0]["argv"][1:4] == ["-m", "bench.webrtc_load", "client"]
 
 
+def test_webrtc_clients_spread_over_media_processes_that_feed_one_engine(tmp_path):
+    """--media-processes 2: three clients go round robin to two engine-less servers, whose
+    sessions are stepped by the first server's engine (its /metrics count their frames)."""
+    report = run_bench(
+        tmp_path,
+        *("--scenarios", "webrtc", "--webrtc-engine", "preview", "--webrtc-clients", "3"),
+        *("--webrtc-codecs", "VP8", "--webrtc-seconds", "2", "--media-processes", "2"),
+    )
+    section, processes = report["scenarios"]["webrtc"], report["meta"]["processes"]
+    assert section["media_processes"] == 2
+    (row,) = section["rows"]
+    assert row["completed"] == 3 and row["e2e"]["count"] > 0 and row["engine"]["count"] > 0, row
+    assert row["engine_step"]["count"] > 0 and len(row["media_loop_cores"]) == 2 and min(row["media_loop_cores"]) > 0
+    servers = [p for p in processes if p["role"] == "server"]
+    assert [s["name"] for s in servers] == ["webrtc server", "media process 1", "media process 2"]
+    host = servers[0]["config"]["engine_host"]
+    assert host and all(s["config"]["engine_socket"] == host for s in servers[1:])
+    assert [s["config"]["max_sessions"] for s in servers[1:]] == [2, 2]
+    clients = [p for p in processes if p["role"] == "client"]
+    assert [c["count"] for c in clients] == [2, 1]
+    urls = [c["argv"][c["argv"].index("--url") + 1] for c in clients]
+    assert urls == [f"http://127.0.0.1:{s['config']['port']}" for s in servers[1:]]
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
     "args, message",
@@ -127,6 +151,7 @@ def test_warmup_and_webrtc_against_real_server_processes(tmp_path):
         (["--adapter-blocks", "up_blocks"], "--adapter-blocks"),
         (["--budget-s", "-5"], "--budget-s -5.0"),
         (["--serve-buckets", "3"], "--serve-buckets"),
+        (["--media-processes", "17"], "--media-processes 17"),
         (["--sessions", "0,4"], "counts of 1..16"),
         (["--webrtc-codecs", "AV1"], "--webrtc-codecs"),
         (["--size", "100"], "size 100"),

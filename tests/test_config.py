@@ -90,3 +90,13 @@ def test_prompt_blend_from_environment_and_flag_and_its_range():
     assert load_config(["--prompt-blend", "8"], environ={}).engine.diffusion.prompt_blend == 8
     with pytest.raises(ConfigError, match=r"prompt_blend 121 .* 0\.\.120 \(--prompt-blend\)"):
         DiffusionConfig(prompt_blend=121)
+
+
+def test_engine_host_and_engine_socket_are_checked():
+    config = load_config(["--engine-socket", "/tmp/ls-engine.sock"])
+    assert config.engine_socket == "/tmp/ls-engine.sock" and config.engine_host is None
+    assert load_config([], {"LIVESTYLE_ENGINE_HOST": "/tmp/e.sock"}).engine_host == "/tmp/e.sock"
+    with pytest.raises(ConfigError, match="exclude each other"):
+        load_config(["--engine-host", "/tmp/a.sock", "--engine-socket", "/tmp/b.sock"])
+    with pytest.raises(ConfigError, match=r"--engine-socket .* 1\.\.107 bytes"):
+        load_config(["--engine-socket", "/tmp/" + "x" * 120])

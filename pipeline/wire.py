@@ -1,0 +1,220 @@
+"""The engine's wire format between processes on one machine (a Unix stream socket):
+media processes feed one engine process with the same arrays and plain messages that
+`pipeline.messages` defines in-process.
+
+A message is an 8-byte prefix (header length, payload length; big-endian u32 each), a
+UTF-8 JSON object (the header, always with a "t" naming its type), then the payload: the
+raw RGB bytes of a frame, or nothing. Every length is checked before anything is read,
+so a broken or hostile peer costs one closed connection, never unbounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import struct
+from dataclasses import asdict
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from pipeline.messages import (
+    AddSession,
+    Command,
+    EngineFailed,
+    EngineInfo,
+    Event,
+    FrameIn,
+    FrameOut,
+    PromptApplied,
+    RemoveSession,
+    SessionError,
+    SetAdapterStrength,
+    SetPrompt,
+)
+
+PREFIX = struct.Struct("!II")
+MAX_HEADER_BYTES = 64 * 1024
+"""A header is a few hundred bytes; a prompt is capped far below this by the engine."""
+MAX_SIDE = 4096
+MAX_PAYLOAD_BYTES = MAX_SIDE * MAX_SIDE * 3
+MAX_ID_CHARS = 200
+WIRE_VERSION = 1
+
+
+class WireError(Exception):
+    """The peer broke the protocol; the connection is closed."""
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
+    """The next message; raises asyncio.IncompleteReadError at end of stream, WireError on
+    a malformed one."""
+    header_len, payload_len = PREFIX.unpack(await reader.readexactly(PREFIX.size))
+    if not 2 <= header_len <= MAX_HEADER_BYTES:
+        raise WireError(f"header of {header_len} bytes (allowed: 2..{MAX_HEADER_BYTES})")
+    if payload_len > MAX_PAYLOAD_BYTES:
+        raise WireError(f"payload of {payload_len} bytes (allowed: at most {MAX_PAYLOAD_BYTES})")
+    raw = await reader.readexactly(header_len)
+    payload = await reader.readexactly(payload_len) if payload_len else b""
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise WireError(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("t"), str):
+        raise WireError("header is not an object with a string 't'")
+    return header, payload
+
+
+def encode(header: dict[str, Any], payload: bytes | memoryview = b"") -> list[bytes | memoryview]:
+    """The message as buffers for `writer.writelines` (the payload is not copied here)."""
+    raw = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    return [PREFIX.pack(len(raw), len(payload)), raw, payload]
+
+
+# ---- typed fields ----------------------------------------------------------------------
+
+
+def field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = header.get(name)
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        raise WireError(f"{header.get('t')}: field {name!r} is {value!r}, not {kind}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise WireError(f"{header.get('t')}: field {name!r} is not finite")
+    return value
+
+
+def session_id(header: dict[str, Any]) -> str:
+    sid = field(header, "sid", str)
+    if not 0 < len(sid) <= MAX_ID_CHARS:
+        raise WireError(f"session id of {len(sid)} characters (allowed: 1..{MAX_ID_CHARS})")
+    return str(sid)
+
+
+def _time_base(header: dict[str, Any]) -> Fraction:
+    tb = header.get("tb")
+    if not (isinstance(tb, list) and len(tb) == 2 and all(type(x) is int for x in tb) and 0 < tb[0] and 0 < tb[1]):
+        raise WireError(f"time base {tb!r} is not [numerator, denominator] of positive ints")
+    return Fraction(tb[0], tb[1])
+
+
+def _image(header: dict[str, Any], payload: bytes) -> np.ndarray:
+    shape = header.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(x) is int for x in shape)):
+        raise WireError(f"frame shape {shape!r} is not [height, width, 3]")
+    h, w, c = shape
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE and c == 3) or h * w * 3 != len(payload):
+        raise WireError(f"frame shape {shape} does not match its {len(payload)} bytes (sides 1..{MAX_SIDE})")
+    return np.frombuffer(payload, np.uint8).reshape(h, w, 3)
+
+
+def _frame_fields(image: np.ndarray, pts: int, time_base: Fraction) -> dict[str, Any]:
+    return {"pts": int(pts), "tb": [time_base.numerator, time_base.denominator], "shape": list(image.shape)}
+
+
+def _pts(header: dict[str, Any]) -> int:
+    return int(field(header, "pts", int))
+
+
+# ---- media process -> engine process ------------------------------------------------------
+
+
+def encode_command(cmd: Command) -> list[bytes | memoryview]:
+    if isinstance(cmd, AddSession):
+        return encode({"t": "open", "sid": cmd.session_id, "prompt": cmd.prompt, "seq": cmd.seq})
+    if isinstance(cmd, RemoveSession):
+        return encode({"t": "close", "sid": cmd.session_id})
+    if isinstance(cmd, SetPrompt):
+        return encode({"t": "prompt", "sid": cmd.session_id, "prompt": cmd.prompt, "seq": cmd.seq})
+    if isinstance(cmd, SetAdapterStrength):
+        return encode({"t": "adapter", "sid": cmd.session_id, "value": cmd.value, "seq": cmd.seq})
+    return encode({"t": "reseed", "sid": cmd.session_id, "seed": cmd.seed, "seq": cmd.seq})
+
+
+def encode_frame_in(frame: FrameIn) -> list[bytes | memoryview]:
+    image = np.ascontiguousarray(frame.image, dtype=np.uint8)
+    header = {
+        "t": "frame",
+        "sid": frame.session_id,
+        "t_in": frame.t_in,
+        **_frame_fields(image, frame.pts, frame.time_base),
+    }
+    return encode(header, image.reshape(-1).data)
+
+
+def decode_frame_in(header: dict[str, Any], payload: bytes) -> FrameIn:
+    return FrameIn(
+        session_id(header),
+        _image(header, payload),
+        _pts(header),
+        _time_base(header),
+        float(field(header, "t_in", (int, float))),
+    )
+
+
+# ---- engine process -> media process ------------------------------------------------------
+
+
+def encode_hello(info: EngineInfo, health: dict[str, object]) -> list[bytes | memoryview]:
+    return encode({"t": "hello", "version": WIRE_VERSION, "info": asdict(info), "health": health})
+
+
+def decode_info(header: dict[str, Any]) -> EngineInfo:
+    if header.get("version") != WIRE_VERSION:
+        raise WireError(f"engine host speaks wire version {header.get('version')!r}, this process {WIRE_VERSION}")
+    info = field(header, "info", dict)
+    try:
+        return EngineInfo(**info)
+    except TypeError as exc:
+        raise WireError(f"engine info {info!r}: {exc}") from None
+
+
+def encode_health(health: dict[str, object]) -> list[bytes | memoryview]:
+    return encode({"t": "health", "health": health})
+
+
+def encode_frame_out(sid: str, frame: FrameOut) -> list[bytes | memoryview]:
+    image = np.ascontiguousarray(frame.image, dtype=np.uint8)
+    header = {
+        "t": "out",
+        "sid": sid,
+        "t_in": frame.t_in,
+        "t_out": frame.t_out,
+        "prompt_seq": frame.prompt_seq,
+        **_frame_fields(image, frame.pts, frame.time_base),
+    }
+    return encode(header, image.reshape(-1).data)
+
+
+def decode_frame_out(header: dict[str, Any], payload: bytes) -> FrameOut:
+    return FrameOut(
+        session_id(header),
+        _image(header, payload),
+        _pts(header),
+        _time_base(header),
+        float(field(header, "t_in", (int, float))),
+        float(field(header, "t_out", (int, float))),
+        int(field(header, "prompt_seq", int)),
+    )
+
+
+def encode_event(sid: str, event: Event) -> list[bytes | memoryview]:
+    if isinstance(event, PromptApplied):
+        return encode({"t": "applied", "sid": sid, "seq": event.seq, "latency_ms": event.latency_ms})
+    if isinstance(event, SessionError):
+        return encode({"t": "error", "sid": sid, "code": event.code, "message": event.message, "seq": event.seq})
+    message = event.message if isinstance(event, EngineFailed) else str(event)
+    return encode({"t": "failed", "sid": sid, "message": message})
+
+
+def decode_event(header: dict[str, Any]) -> Event:
+    sid, kind = session_id(header), header["t"]
+    if kind == "applied":
+        return PromptApplied(sid, int(field(header, "seq", int)), float(field(header, "latency_ms", (int, float))))
+    if kind == "error":
+        seq = header.get("seq")
+        if seq is not None and type(seq) is not int:
+            raise WireError(f"error: seq {seq!r} is not an int")
+        return SessionError(sid, field(header, "code", str), str(field(header, "message", str)), seq)
+    return EngineFailed(str(field(header, "message", str)))
