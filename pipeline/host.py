@@ -34,6 +34,8 @@ class HostLimits:
     """Sessions one media process may hold open at once."""
     max_buffered_bytes: int = 8 * 1024 * 1024
     """Unsent bytes to a media process past which output frames are dropped, not queued."""
+    max_connections: int = 16
+    """Media processes connected at once; a further one is refused (its connection closed)."""
 
 
 @dataclass
@@ -76,6 +78,10 @@ class EngineHost:
         return len(self._connections)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.limits.max_connections:
+            log.warning("refused a media process: %d are connected (the limit)", len(self._connections))
+            writer.close()
+            return
         self._count += 1
         conn = _Connection(self, f"m{self._count}", reader, writer)
         self._connections.add(conn)

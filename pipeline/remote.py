@@ -154,7 +154,12 @@ class RemoteLink:
     def _handle(self, header: dict[str, Any], payload: bytes) -> None:
         kind = header["t"]
         if kind == "out":
-            self._client.deliver(StepResult(outputs=[wire.decode_frame_out(header, payload)]))
+            frame = wire.decode_frame_out(header, payload)
+            # This process's /metrics count its own sessions' frames; step and batch
+            # histograms live in the engine process's.
+            self._stats.frames_out.inc()
+            self._stats.frame_latency_ms.observe((frame.t_out - frame.t_in) * 1000)
+            self._client.deliver(StepResult(outputs=[frame]))
         elif kind in ("applied", "error"):
             self._client.deliver(StepResult(events=[wire.decode_event(header)]))
         elif kind == "failed":  # the engine process gave up: once for the whole client

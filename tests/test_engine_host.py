@@ -115,6 +115,9 @@ async def test_frames_and_prompts_cross_the_process_boundary(rig):
     session.close()
     await asyncio.sleep(0.2)
     assert rig.engine._sessions == {}  # the engine process let go of it too
+    stats = rig.media.stats  # this process's own /metrics see its frames
+    assert stats.frames_in.value >= 6 and 0 < stats.frames_out.value <= stats.frames_in.value
+    assert stats.frame_latency_ms.snapshot()[2] == stats.frames_out.value
 
 
 async def test_each_media_process_sees_only_its_own_sessions(rig):
@@ -278,5 +281,21 @@ async def test_the_engine_process_giving_up_ends_the_sessions():
                     break
                 await asyncio.sleep(0.05)
             assert r.media.state == "failed" and "GPU is gone" in r.media.health.reason
+        finally:
+            await r.aclose()
+
+
+async def test_media_processes_past_the_limit_are_refused():
+    with tempfile.TemporaryDirectory() as tmp:
+        r = Rig(os.path.join(tmp, "engine.sock"), HostLimits(max_connections=1))
+        await r.start_host()
+        r.media.start()
+        await r.media.wait_ready(10)
+        try:
+            reader, writer = await asyncio.open_unix_connection(r.path)
+            with pytest.raises(asyncio.IncompleteReadError):
+                await asyncio.wait_for(wire.read_message(reader), 5)  # closed without a hello
+            writer.close()
+            assert r.host.connections == 1 and len(await stream(r.media.open_session("a", "ink"), 2)) == 2
         finally:
             await r.aclose()
