@@ -80,6 +80,8 @@ class RemoteLink:
         self._task: asyncio.Task[None] | None = None
         self._writer: asyncio.StreamWriter | None = None
         self.connects = 0
+        self.losses = 0
+        """Connections to the engine process lost (each one a restart in this process's health)."""
 
     @classmethod
     def factory(cls, path: str) -> Callable[[EngineStats, EngineHealth, SupervisedClient], RemoteLink]:
@@ -111,6 +113,7 @@ class RemoteLink:
             self._drop_connection()
             if self._health.final:
                 return
+            self.losses += 1
             message = f"lost the engine process ({reason}); reconnecting"
             log.error("%s", message)
             if self._health.status != "restarting":
@@ -191,5 +194,8 @@ class RemoteLink:
                 health.restarting(reason)
         elif status == "unhealthy":
             self._give_up(reason)
+        # Counts as the engine process has them (it may rebuild between two polls, unseen
+        # as `restarting` here), plus this process's own lost connections.
         with contextlib.suppress(TypeError, ValueError):
-            health.transient_faults = int(snapshot.get("transient_faults", health.transient_faults))  # type: ignore[arg-type]
+            health.transient_faults = int(snapshot.get("transient_faults", 0))  # type: ignore[arg-type]
+            health.restarts = int(snapshot.get("restarts", 0)) + self.losses  # type: ignore[arg-type]

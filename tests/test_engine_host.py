@@ -23,6 +23,7 @@ from pipeline.engines import preview_spec
 from pipeline.host import EngineHost, HostLimits
 from pipeline.messages import PromptApplied, SessionError
 from pipeline.remote import RemoteLink, remote_spec
+from pipeline.runtime import RuntimeConfig
 
 pytestmark = [pytest.mark.bridge, pytest.mark.timeout(60)]
 
@@ -40,15 +41,15 @@ def frame(i: int) -> np.ndarray:
 class Rig:
     """An engine process's client and host, and a media process's remote client, in one loop."""
 
-    def __init__(self, path: str, limits: HostLimits | None = None) -> None:
-        self.path, self.limits = path, limits
+    def __init__(self, path: str, limits: HostLimits | None = None, runtime: RuntimeConfig | None = None) -> None:
+        self.path, self.limits, self.runtime = path, limits, runtime
         self.engine: EngineClient | None = None
         self.host: EngineHost | None = None
         self.media = EngineClient(remote_spec(path, SIZE, 200), link=RemoteLink.factory(path))
 
     async def start_host(self) -> None:
         config = EngineConfig(kind="preview", size=SIZE)
-        self.engine = EngineClient(preview_spec(config, "test"))
+        self.engine = EngineClient(preview_spec(config, "test"), runtime=self.runtime)
         self.engine.start()
         await self.engine.wait_ready(10)
         self.host = EngineHost(self.engine, self.path, self.limits)
@@ -299,3 +300,44 @@ async def test_media_processes_past_the_limit_are_refused():
             assert r.host.connections == 1 and len(await stream(r.media.open_session("a", "ink"), 2)) == 2
         finally:
             await r.aclose()
+
+
+async def test_an_engine_rebuild_in_the_engine_process_reaches_the_media_process_once():
+    with tempfile.TemporaryDirectory() as tmp:
+        r = Rig(os.path.join(tmp, "engine.sock"), runtime=RuntimeConfig(restart_backoff_s=0.2))
+        await r.start_host()
+        r.media.start()
+        await r.media.wait_ready(10)
+        try:
+            session = r.media.open_session("a", "ink")
+            session.set_prompt("watercolor", seq=1)
+            await stream(session, 2)
+            supervisor = r.engine._supervisor
+            supervisor._failed(supervisor.bridge, "test: an injected fatal error")  # as a crashed step does
+            error = await event_of(session, SessionError)
+            assert error.code == "engine_restarting" and "injected" in error.message
+            for _ in range(100):  # the engine process rebuilds; its health crosses over
+                if r.media.state == "ready" and r.media.health.restarts == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert r.media.health.status == "degraded" and r.media.health.restarts == 1
+            out = await stream(session, 3, start=5)
+            assert out[-1].prompt_seq == 1 and [f.pts for f in out] == [15000, 18000, 21000]
+            later = list(session._events._items)  # the rebuild was told once, not once per layer
+            assert not [e for e in later if isinstance(e, SessionError) and e.code == "engine_restarting"], later
+        finally:
+            await r.aclose()
+
+
+async def test_sessions_that_come_and_go_leave_nothing_in_the_engine_process(rig):
+    tasks0 = len(asyncio.all_tasks())
+    for i in range(40):
+        session = rig.media.open_session(f"s{i}", f"style {i}")
+        await stream(session, 1, start=i)
+        if i % 3:
+            session.set_prompt("ink", seq=1)
+        session.close()
+    await asyncio.sleep(0.3)
+    (conn,) = rig.host._connections
+    assert conn.streams == {} and rig.engine._sessions == {} and rig.media._sessions == {}
+    assert len(asyncio.all_tasks()) <= tasks0
