@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 """Waits between connection attempts (the last one repeats)."""
+STEADY_S = 5.0
+"""A connection that lasted this long starts the waits over; a shorter one (an engine process
+that refuses or drops this one at once) keeps backing off."""
 MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 """Unsent bytes to the engine process past which input frames are dropped, not queued."""
 
@@ -81,6 +85,7 @@ class RemoteLink:
         self._writer: asyncio.StreamWriter | None = None
         self.connects = 0
         self.losses = 0
+        self.bridge_served = False
         """Connections to the engine process lost (each one a restart in this process's health)."""
 
     @classmethod
@@ -108,30 +113,42 @@ class RemoteLink:
                 await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
                 attempt += 1
                 continue
-            attempt = 0
+            started = time.monotonic()
             reason = await self._serve(reader, writer)
             self._drop_connection()
             if self._health.final:
                 return
-            self.losses += 1
-            message = f"lost the engine process ({reason}); reconnecting"
-            log.error("%s", message)
-            if self._health.status != "restarting":
-                self._health.restarting(message)
-                self._client.restarting(message)
+            if self.bridge_served:
+                self.losses += 1
+                message = f"lost the engine process ({reason}); reconnecting"
+                log.error("%s", message)
+                if self._health.status != "restarting":
+                    self._health.restarting(message)
+                    self._client.restarting(message)
+            attempt = 0 if time.monotonic() - started >= STEADY_S else attempt + 1
+            await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
-        """One connection, until it ends; returns why it ended."""
+        """One connection, until it ends; returns why it ended. bridge_served: whether it got
+        as far as carrying this process's sessions."""
         self._writer = writer
+        self.bridge_served = False
         try:
             header, _ = await wire.read_message(reader)
             if header["t"] != "hello":
                 raise wire.WireError(f"expected hello, got {header['t']!r}")
+            if header.get("version") != wire.WIRE_VERSION:  # another release: retrying cannot help
+                self._give_up(
+                    f"the engine process at {self.path} speaks engine wire version {header.get('version')!r} "
+                    f"and this one {wire.WIRE_VERSION}: run the same livestyle release in both"
+                )
+                return "wire version mismatch"
             info = wire.decode_info(header)
             self._client_info(info)
             self.connects += 1
             log.info("connected to the engine process at %s: %s engine (%s)", self.path, info.kind, info.model)
             self.bridge = RemoteBridge(writer, self._stats)
+            self.bridge_served = True
             self._client.attach(self.bridge)
             self._mirror(wire.field(header, "health", dict))
             while True:

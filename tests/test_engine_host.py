@@ -9,6 +9,7 @@ import asyncio
 import os
 import struct
 import tempfile
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import wire
-from pipeline.client import EngineClient
+from pipeline.client import EngineClient, EngineUnavailable
 from pipeline.config import EngineConfig
 from pipeline.engines import preview_spec
 from pipeline.host import EngineHost, HostLimits
@@ -341,3 +342,51 @@ async def test_sessions_that_come_and_go_leave_nothing_in_the_engine_process(rig
     (conn,) = rig.host._connections
     assert conn.streams == {} and rig.engine._sessions == {} and rig.media._sessions == {}
     assert len(asyncio.all_tasks()) <= tasks0
+
+
+async def fake_engine_process(path: str, hello: list[bytes | memoryview] | None):
+    """A Unix socket server that sends `hello` (or nothing) and hangs up: counts connections."""
+    accepted = []
+
+    async def serve(reader, writer):
+        accepted.append(time.monotonic())
+        if hello is not None:
+            writer.writelines(hello)
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_unix_server(serve, path), accepted
+
+
+async def test_an_engine_process_that_hangs_up_at_once_is_retried_with_backoff_not_hammered():
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "engine.sock")
+        server, accepted = await fake_engine_process(path, None)
+        media = EngineClient(remote_spec(path, SIZE, 200), link=RemoteLink.factory(path))
+        media.start()
+        try:
+            await asyncio.sleep(3.0)
+            # 0.1 + 0.2 + 0.5 + 1.0 + 2.0 ... s apart: a handful, not thousands.
+            assert 3 <= len(accepted) <= 6, len(accepted)
+            assert media.state == "warming_up" and media.health.restarts == 0  # never served: not a loss
+        finally:
+            await media.aclose()
+            server.close()
+
+
+async def test_another_wire_version_gives_up_with_a_clear_reason():
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "engine.sock")
+        config = EngineConfig(kind="preview", size=SIZE)
+        hello = wire.encode({"t": "hello", "version": wire.WIRE_VERSION + 1, "info": {}, "health": {}})
+        server, accepted = await fake_engine_process(path, hello)
+        media = EngineClient(remote_spec(path, config.size, 200), link=RemoteLink.factory(path))
+        media.start()
+        try:
+            with pytest.raises(EngineUnavailable, match="same livestyle release"):
+                await media.wait_ready(5)
+            await asyncio.sleep(0.5)
+            assert media.state == "failed" and len(accepted) == 1
+        finally:
+            await media.aclose()
+            server.close()
