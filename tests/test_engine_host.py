@@ -6,6 +6,7 @@ real `livestyle serve` processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import tempfile
@@ -67,15 +68,24 @@ class Rig:
             await self.stop_host()
 
 
-@pytest.fixture
-async def rig():
+@contextlib.asynccontextmanager
+async def started(limits: HostLimits | None = None, runtime: RuntimeConfig | None = None):
+    """A rig with both ends up and connected; closed on the way out."""
     with tempfile.TemporaryDirectory() as tmp:
-        r = Rig(os.path.join(tmp, "engine.sock"))
+        r = Rig(os.path.join(tmp, "engine.sock"), limits, runtime)
         await r.start_host()
         r.media.start()
         await r.media.wait_ready(10)
+        try:
+            yield r
+        finally:
+            await r.aclose()
+
+
+@pytest.fixture
+async def rig():
+    async with started() as r:
         yield r
-        await r.aclose()
 
 
 async def stream(session, n: int, start: int = 0, timeout: float = 10.0) -> list:
@@ -225,109 +235,74 @@ async def test_random_bytes_never_hurt_the_engine_or_another_process(rig, garbag
 
 
 async def test_a_process_that_stops_reading_gets_drops_not_a_growing_buffer():
-    with tempfile.TemporaryDirectory() as tmp:
-        r = Rig(os.path.join(tmp, "engine.sock"), HostLimits(max_buffered_bytes=256 * 1024))
-        await r.start_host()
-        r.media.start()
-        await r.media.wait_ready(10)
-        try:
-            _, writer = await raw_connection(r.path)
-            writer.write(b"".join(wire.encode({"t": "open", "sid": "slow", "prompt": "ink", "seq": 0})))
-            image = frame(1)
-            for i in range(300):  # never reads a byte of the answers
-                header = {"t": "frame", "sid": "slow", "pts": i, "tb": [1, 30], "t_in": 0.0, "shape": [48, 80, 3]}
-                writer.write(b"".join(wire.encode(header, image.tobytes())))
-                if i % 10 == 0:
-                    await asyncio.sleep(0.01)
-            await asyncio.sleep(0.5)
-            conn = next(c for c in r.host._connections if c.name == "m2")  # the raw connection
-            buffered = conn.writer.transport.get_write_buffer_size()
-            assert r.host.frames_dropped > 0
-            assert buffered <= 256 * 1024 + SIZE * SIZE * 3 + 1024  # the limit plus the frame that crossed it
-            session = r.media.open_session("fast", "oil painting")  # the other process is not held up
-            assert len(await stream(session, 5)) == 5
-            writer.close()
-        finally:
-            await r.aclose()
+    async with started(HostLimits(max_buffered_bytes=256 * 1024)) as r:
+        _, writer = await raw_connection(r.path)
+        writer.write(b"".join(wire.encode({"t": "open", "sid": "slow", "prompt": "ink", "seq": 0})))
+        image = frame(1)
+        for i in range(300):  # never reads a byte of the answers
+            header = {"t": "frame", "sid": "slow", "pts": i, "tb": [1, 30], "t_in": 0.0, "shape": [48, 80, 3]}
+            writer.write(b"".join(wire.encode(header, image.tobytes())))
+            if i % 10 == 0:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        conn = next(c for c in r.host._connections if c.name == "m2")  # the raw connection
+        buffered = conn.writer.transport.get_write_buffer_size()
+        assert r.host.frames_dropped > 0
+        assert buffered <= 256 * 1024 + SIZE * SIZE * 3 + 1024  # the limit plus the frame that crossed it
+        session = r.media.open_session("fast", "oil painting")  # the other process is not held up
+        assert len(await stream(session, 5)) == 5
+        writer.close()
 
 
 async def test_too_many_sessions_from_one_process_are_refused_one_by_one():
-    with tempfile.TemporaryDirectory() as tmp:
-        r = Rig(os.path.join(tmp, "engine.sock"), HostLimits(max_sessions=2))
-        await r.start_host()
-        r.media.start()
-        await r.media.wait_ready(10)
-        try:
-            sessions = [r.media.open_session(f"s{i}", "ink") for i in range(3)]
-            error = await event_of(sessions[2], SessionError)
-            assert error.code == "session_failed" and "2 sessions" in error.message
-            assert [len(await stream(s, 2)) for s in sessions[:2]] == [2, 2]
-        finally:
-            await r.aclose()
+    async with started(HostLimits(max_sessions=2)) as r:
+        sessions = [r.media.open_session(f"s{i}", "ink") for i in range(3)]
+        error = await event_of(sessions[2], SessionError)
+        assert error.code == "session_failed" and "2 sessions" in error.message
+        assert [len(await stream(s, 2)) for s in sessions[:2]] == [2, 2]
 
 
 async def test_the_engine_process_giving_up_ends_the_sessions():
-    with tempfile.TemporaryDirectory() as tmp:
-        r = Rig(os.path.join(tmp, "engine.sock"))
-        await r.start_host()
-        r.media.start()
-        await r.media.wait_ready(10)
-        try:
-            session = r.media.open_session("a", "ink")
-            await stream(session, 1)
-            r.engine._supervisor._give_up("test: the GPU is gone")
-            with pytest.raises(Exception, match="GPU is gone"):
-                await asyncio.wait_for(session.recv(), 5)
-            for _ in range(40):
-                if not r.media.healthy:
-                    break
-                await asyncio.sleep(0.05)
-            assert r.media.state == "failed" and "GPU is gone" in r.media.health.reason
-        finally:
-            await r.aclose()
+    async with started() as r:
+        session = r.media.open_session("a", "ink")
+        await stream(session, 1)
+        r.engine._supervisor._give_up("test: the GPU is gone")
+        with pytest.raises(Exception, match="GPU is gone"):
+            await asyncio.wait_for(session.recv(), 5)
+        for _ in range(40):
+            if not r.media.healthy:
+                break
+            await asyncio.sleep(0.05)
+        assert r.media.state == "failed" and "GPU is gone" in r.media.health.reason
 
 
 async def test_media_processes_past_the_limit_are_refused():
-    with tempfile.TemporaryDirectory() as tmp:
-        r = Rig(os.path.join(tmp, "engine.sock"), HostLimits(max_connections=1))
-        await r.start_host()
-        r.media.start()
-        await r.media.wait_ready(10)
-        try:
-            reader, writer = await asyncio.open_unix_connection(r.path)
-            with pytest.raises(asyncio.IncompleteReadError):
-                await asyncio.wait_for(wire.read_message(reader), 5)  # closed without a hello
-            writer.close()
-            assert r.host.connections == 1 and len(await stream(r.media.open_session("a", "ink"), 2)) == 2
-        finally:
-            await r.aclose()
+    async with started(HostLimits(max_connections=1)) as r:
+        reader, writer = await asyncio.open_unix_connection(r.path)
+        with pytest.raises(asyncio.IncompleteReadError):
+            await asyncio.wait_for(wire.read_message(reader), 5)  # closed without a hello
+        writer.close()
+        assert r.host.connections == 1 and len(await stream(r.media.open_session("a", "ink"), 2)) == 2
 
 
 async def test_an_engine_rebuild_in_the_engine_process_reaches_the_media_process_once():
-    with tempfile.TemporaryDirectory() as tmp:
-        r = Rig(os.path.join(tmp, "engine.sock"), runtime=RuntimeConfig(restart_backoff_s=0.2))
-        await r.start_host()
-        r.media.start()
-        await r.media.wait_ready(10)
-        try:
-            session = r.media.open_session("a", "ink")
-            session.set_prompt("watercolor", seq=1)
-            await stream(session, 2)
-            supervisor = r.engine._supervisor
-            supervisor._failed(supervisor.bridge, "test: an injected fatal error")  # as a crashed step does
-            error = await event_of(session, SessionError)
-            assert error.code == "engine_restarting" and "injected" in error.message
-            for _ in range(100):  # the engine process rebuilds; its health crosses over
-                if r.media.state == "ready" and r.media.health.restarts == 1:
-                    break
-                await asyncio.sleep(0.05)
-            assert r.media.health.status == "degraded" and r.media.health.restarts == 1
-            out = await stream(session, 3, start=5)
-            assert out[-1].prompt_seq == 1 and [f.pts for f in out] == [15000, 18000, 21000]
-            later = list(session._events._items)  # the rebuild was told once, not once per layer
-            assert not [e for e in later if isinstance(e, SessionError) and e.code == "engine_restarting"], later
-        finally:
-            await r.aclose()
+    async with started(runtime=RuntimeConfig(restart_backoff_s=0.2)) as r:
+        session = r.media.open_session("a", "ink")
+        session.set_prompt("watercolor", seq=1)
+        await stream(session, 2)
+        supervisor = r.engine._supervisor
+        supervisor._failed(supervisor.bridge, "test: an injected fatal error")  # as a crashed step does
+        error = await event_of(session, SessionError)
+        assert error.code == "engine_restarting" and "injected" in error.message
+        for _ in range(100):  # the engine process rebuilds; its health crosses over
+            if r.media.state == "ready" and r.media.health.restarts == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert r.media.health.status == "degraded" and r.media.health.restarts == 1
+        out = await stream(session, 3, start=5)
+        assert out[-1].prompt_seq == 1 and [f.pts for f in out] == [15000, 18000, 21000]
+        later = list(session._events._items)  # the rebuild was told once, not once per layer
+        assert not [e for e in later if isinstance(e, SessionError) and e.code == "engine_restarting"], later
 
 
 async def test_sessions_that_come_and_go_leave_nothing_in_the_engine_process(rig):
