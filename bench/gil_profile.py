@@ -3,15 +3,18 @@ stream through it (the question behind the 16-session WebRTC collapse: one Pytho
 can run at most one core of GIL-holding work, shared by its event loop, the engine's
 thread and every decoder and encoder thread).
 
-    python -m bench.gil_profile [--clients 1,2] [--codec VP8] [--seconds 10] [--out FILE]
+    python -m bench.gil_profile [--clients 1,2] [--codec VP8] [--seconds 10] [--media-process] [--out FILE]
 
 Starts `livestyle serve` (preview engine unless --serve-arg says otherwise), N clients of
 bench.webrtc_load for each count, and samples the server with py-spy (`--gil`: a sample
 only while some thread holds the GIL) over the middle of the run. Writes one JSON file:
 per run the GIL-held share of wall time, split by thread role, the frames the clients
 received, and the GIL-held milliseconds per delivered frame; plus the commit, argv and
-machine. py-spy must be installed (`pip install py-spy`) and may attach to children (it
-needs ptrace; containers may need CAP_SYS_PTRACE).
+machine. With --media-process the clients connect to a second server that runs no engine
+(`--engine-socket`) and feeds the first one's (`--engine-host`), and both processes are
+sampled at once: each run then holds these figures per process. py-spy must be installed
+(`pip install py-spy`) and may attach to children (it needs ptrace; containers may need
+CAP_SYS_PTRACE).
 """
 
 from __future__ import annotations
@@ -92,29 +95,49 @@ def _function(frame: str) -> str:
     return re.sub(r":\d+\)$", ")", frame.strip())
 
 
-def sample(pid: int, seconds: float, out: Path) -> dict[str, Counter[str]]:
-    argv = [PY_SPY, "record", "--gil", "--threads", "-r", str(RATE_HZ), "-d", str(int(seconds))]
-    argv += ["-p", str(pid), "-f", "raw", "-o", str(out)]
-    subprocess.run(argv, check=True, capture_output=True, timeout=seconds + 60)
-    return parse_raw(out.read_text())
+def sample(pids: dict[str, int], seconds: float, work: Path) -> dict[str, dict[str, Counter[str]]]:
+    """py-spy on every process at once, over the same window."""
+    spies = {}
+    for name, pid in pids.items():
+        argv = [PY_SPY, "record", "--gil", "--threads", "-r", str(RATE_HZ), "-d", str(int(seconds))]
+        argv += ["-p", str(pid), "-f", "raw", "-o", str(work / f"{name}.txt")]
+        spies[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for name, spy in spies.items():
+        _, err = spy.communicate(timeout=seconds + 60)
+        if spy.returncode:
+            raise RuntimeError(f"py-spy on the {name} process failed: {err.decode(errors='replace')[-500:]}")
+    return {name: parse_raw((work / f"{name}.txt").read_text()) for name in pids}
 
 
-def one_run(server: ServeProcess, clip: Path, codec: str, clients: int, seconds: float, work: Path) -> dict[str, Any]:
-    procs = start_clients(client_argv(server.url, clip, codec, seconds), clients)
+def one_run(
+    servers: dict[str, ServeProcess], clip: Path, codec: str, clients: int, seconds: float, work: Path
+) -> dict[str, Any]:
+    """servers: the processes to sample by name; the clients connect to the last one."""
+    target = list(servers.values())[-1]
+    procs = start_clients(client_argv(target.url, clip, codec, seconds), clients)
     time.sleep(min(4.0, seconds / 3))  # connected and streaming
     window = max(2.0, seconds / 2)
-    assert server.proc is not None
-    samples = sample(server.proc.pid, window, work / f"gil-{codec}-{clients}.txt")
+    pids = {name: s.proc.pid for name, s in servers.items() if s.proc is not None}
+    (run_dir := work / f"{codec}-{clients}").mkdir(exist_ok=True)
+    samples = sample(pids, window, run_dir)
     ok = [r for r in (collect_client(p, seconds + 120) for p in procs) if r.get("ok")]
     fps = sum(r["fps"] for r in ok)
-    held = sum(samples["role"].values()) / (RATE_HZ * window)
-    loop = samples["role"]["event loop"]
-    return {
+    run: dict[str, Any] = {
         "codec": codec,
         "clients": clients,
         "completed": len(ok),
         "delivered_fps_total": round(fps, 2),
         "window_s": window,
+    }
+    if len(samples) == 1:
+        return {**run, **_held(next(iter(samples.values())), window, fps)}
+    return {**run, "processes": {name: _held(s, window, fps) for name, s in samples.items()}}
+
+
+def _held(samples: dict[str, Counter[str]], window: float, fps: float) -> dict[str, Any]:
+    held = sum(samples["role"].values()) / (RATE_HZ * window)
+    loop = samples["role"]["event loop"]
+    return {
         "gil_held_share": round(held, 3),
         "gil_held_share_by_role": {k: round(v / (RATE_HZ * window), 3) for k, v in samples["role"].most_common()},
         "gil_held_ms_per_frame": round(1000 * held / fps, 2) if fps else None,
@@ -136,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="each client's streaming time")
     p.add_argument("--clip", type=Path, default=REPO.parent / "shared" / "data" / "davis" / "blackswan.mp4")
     p.add_argument("--serve-arg", action="append", default=[], help="extra server option (default: preview engine)")
+    p.add_argument(
+        "--media-process",
+        action="store_true",
+        help="clients go to a second server without an engine that feeds the first one's (both sampled)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "profiles" / "gil-profile.json")
     args = p.parse_args(argv)
     if not Path(PY_SPY).is_file():
@@ -146,25 +174,36 @@ def main(argv: list[str] | None = None) -> int:
             f"--clients takes counts of 1..16 and --seconds a positive number, got {args.clients!r}, {args.seconds}"
         )
     serve_extra = args.serve_arg or ["--engine", "preview"]
+    limits = ["--max-sessions", str(max(counts)), "--offer-rate", "0"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        server_argv = serve_argv(free_port(), ["--max-sessions", str(max(counts)), "--offer-rate", "0", *serve_extra])
-        server = ServeProcess(server_argv, dict(os.environ), work / "server.log")
-        server.start()
+        socket_path = str(work / "engine.sock")
+        server_argv = serve_argv(free_port(), [*limits, *serve_extra])
+        argvs = {"server": server_argv}
+        if args.media_process:
+            server_argv += ["--engine-host", socket_path]
+            argvs = {"engine process": server_argv}
+            argvs["media process"] = serve_argv(free_port(), [*limits, "--engine-socket", socket_path])
+        servers = {name: ServeProcess(a, dict(os.environ), work / f"{name}.log") for name, a in argvs.items()}
         try:
-            ready = server.wait_ready(300)
-            if "error" in ready:
-                print(f"server did not start: {ready['error']}", file=sys.stderr)
-                return 1
-            runs = [one_run(server, args.clip, args.codec, n, args.seconds, work) for n in counts]
+            for server in servers.values():
+                server.start()
+            for name, server in servers.items():
+                ready = server.wait_ready(300)
+                if "error" in ready:
+                    print(f"{name} did not start: {ready['error']}", file=sys.stderr)
+                    return 1
+            runs = [one_run(servers, args.clip, args.codec, n, args.seconds, work) for n in counts]
         finally:
-            server.stop()
+            for server in servers.values():
+                server.stop()
     report = {
         "command": ["python", "-m", "bench.gil_profile", *(argv if argv is not None else sys.argv[1:])],
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git": git_state(),
         "machine": host_info(),
         "server_argv": server_argv,
+        **({"media_argv": argvs["media process"]} if args.media_process else {}),
         "sample_rate_hz": RATE_HZ,
         "runs": runs,
     }
