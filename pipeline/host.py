@@ -59,7 +59,7 @@ class EngineHost:
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # a socket file left by a process that was killed
-        self._server = await asyncio.start_unix_server(self._serve, self.path, limit=2**16)
+        self._server = await asyncio.start_unix_server(self._serve, self.path, limit=wire.READ_LIMIT)
         os.chmod(self.path, 0o600)  # only this user's processes may feed the engine
         log.info("engine host listening on %s", self.path)
 

@@ -105,7 +105,7 @@ class RemoteLink:
         attempt = 0
         while not self._health.final:
             try:
-                reader, writer = await asyncio.open_unix_connection(self.path, limit=2**16)
+                reader, writer = await asyncio.open_unix_connection(self.path, limit=wire.READ_LIMIT)
             except OSError as exc:
                 if attempt == 0 or attempt % 30 == 0:
                     log.info("engine process at %s not reachable yet: %s", self.path, exc)

@@ -41,6 +41,9 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_SIDE = 4096
 MAX_PAYLOAD_BYTES = MAX_SIDE * MAX_SIDE * 3
 MAX_ID_CHARS = 200
+READ_LIMIT = 4 * 1024 * 1024
+"""StreamReader buffer limit: above a frame's size, so a frame arrives in a few reads
+instead of pausing and resuming the socket every 128 KiB (asyncio pauses at twice this)."""
 WIRE_VERSION = 1
 
 
