@@ -3,9 +3,10 @@
 Callers (the WebRTC sessions, the file stylizer, benchmarks) see only arrays and plain
 messages: `EngineSession.submit(image, pts, time_base)`, `await EngineSession.recv()`,
 `set_prompt`, `await next_event()`. The engine runs on its own thread behind
-`EngineBridge`, built and rebuilt by `EngineSupervisor`; this module never touches
-threads itself. An EngineSession outlives engine restarts: it keeps what it asked for
-(prompt, adapter strength) and is re-attached to every new engine with it.
+`EngineBridge`, built and rebuilt by `EngineSupervisor`, or in another process behind
+`pipeline.remote.RemoteLink`; this module never touches threads itself. An EngineSession
+outlives engine restarts: it keeps what it asked for (prompt, adapter strength) and is
+re-attached to every new engine with it.
 """
 
 from __future__ import annotations

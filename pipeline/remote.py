@@ -144,7 +144,7 @@ class RemoteLink:
                 )
                 return "wire version mismatch"
             info = wire.decode_info(header)
-            self._client_info(info)
+            self._client.info = info  # what /healthz and the page show
             self.connects += 1
             log.info("connected to the engine process at %s: %s engine (%s)", self.path, info.kind, info.model)
             self.bridge = RemoteBridge(writer, self._stats)
@@ -167,9 +167,6 @@ class RemoteLink:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-    def _client_info(self, info: EngineInfo) -> None:
-        setattr(self._client, "info", info)  # noqa: B010 - the client's info is what /healthz shows
 
     def _handle(self, header: dict[str, Any], payload: bytes) -> None:
         kind = header["t"]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pipeline.bridge import EngineBridge
 from pipeline.core import EngineCore, StepResult
 from pipeline.health import EngineHealth
+from pipeline.messages import EngineInfo
 from pipeline.runtime import RuntimeConfig
 from pipeline.stats import EngineStats
 
@@ -36,6 +37,9 @@ MAX_BACKOFF_S = 60.0
 
 class SupervisedClient(Protocol):
     """What the supervisor tells the engine client (on the event loop)."""
+
+    info: EngineInfo
+    """What the engine is; a remote link replaces it with the engine process's own."""
 
     def attach(self, bridge: Bridge) -> None:
         """Send every live session's state to a new bridge."""
