@@ -56,9 +56,8 @@ def remote_spec(path: str, output_size: int, max_prompt_chars: int) -> EngineSpe
 class RemoteBridge:
     """Commands and frames to the engine process, as `EngineBridge` takes them in-process."""
 
-    def __init__(self, writer: asyncio.StreamWriter, stats: EngineStats) -> None:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
-        self._stats = stats
 
     def put_frame(self, frame: FrameIn) -> bool:
         """Send the frame; True (dropped) when the engine process is not keeping up."""
@@ -147,7 +146,7 @@ class RemoteLink:
             self._client.info = info  # what /healthz and the page show
             self.connects += 1
             log.info("connected to the engine process at %s: %s engine (%s)", self.path, info.kind, info.model)
-            self.bridge = RemoteBridge(writer, self._stats)
+            self.bridge = RemoteBridge(writer)
             self.bridge_served = True
             self._client.attach(self.bridge)
             self._mirror(wire.field(header, "health", dict))
