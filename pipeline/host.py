@@ -54,12 +54,14 @@ class EngineHost:
         self.frames_dropped = 0
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._count = 0
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # a socket file left by a process that was killed
-        self._server = await asyncio.start_unix_server(self._serve, self.path, limit=wire.READ_LIMIT)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: wire.MessageStream(self._connected), self.path)
         os.chmod(self.path, 0o600)  # only this user's processes may feed the engine
         log.info("engine host listening on %s", self.path)
 
@@ -68,6 +70,7 @@ class EngineHost:
             self._server.close()
         for conn in list(self._connections):
             await conn.aclose()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
@@ -77,14 +80,19 @@ class EngineHost:
     def connections(self) -> int:
         return len(self._connections)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _connected(self, stream: wire.MessageStream) -> None:
         if len(self._connections) >= self.limits.max_connections:
             log.warning("refused a media process: %d are connected (the limit)", len(self._connections))
-            writer.close()
+            stream.close()
             return
         self._count += 1
-        conn = _Connection(self, f"m{self._count}", reader, writer)
+        conn = _Connection(self, f"m{self._count}", stream)
         self._connections.add(conn)
+        task = asyncio.create_task(self._serve(conn), name=f"engine-host-{conn.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: _Connection) -> None:
         try:
             await conn.run()
         finally:
@@ -93,8 +101,8 @@ class EngineHost:
 
 
 class _Connection:
-    def __init__(self, host: EngineHost, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.host, self.name, self.reader, self.writer = host, name, reader, writer
+    def __init__(self, host: EngineHost, name: str, stream: wire.MessageStream) -> None:
+        self.host, self.name, self.stream = host, name, stream
         self.streams: dict[str, _Stream] = {}
         self._health_task: asyncio.Task[None] | None = None
 
@@ -105,7 +113,7 @@ class _Connection:
         log.info("media process %s connected", self.name)
         try:
             while True:
-                header, payload = await wire.read_message(self.reader)
+                header, payload = await self.stream.read()
                 self._handle(header, payload)
         except (asyncio.IncompleteReadError, ConnectionError):
             log.info("media process %s disconnected", self.name)
@@ -122,13 +130,12 @@ class _Connection:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self.writer.wait_closed()
+        self.stream.close()
+        await self.stream.wait_closed()
 
     # ---- from the media process ---------------------------------------------------------
 
-    def _handle(self, header: dict[str, Any], payload: bytes) -> None:
+    def _handle(self, header: dict[str, Any], payload: bytes | bytearray) -> None:
         kind = header["t"]
         if kind == "frame":
             frame = wire.decode_frame_in(header, payload)
@@ -186,15 +193,14 @@ class _Connection:
     # ---- to the media process -----------------------------------------------------------
 
     def _send(self, buffers: list[bytes | memoryview]) -> None:
-        if not self.writer.is_closing():
-            self.writer.writelines(buffers)
+        self.stream.writelines(buffers)
 
     async def _pump_frames(self, sid: str, session: EngineSession) -> None:
         limit = self.host.limits.max_buffered_bytes
         with contextlib.suppress(SessionClosed, EngineUnavailable):
             while True:
                 frame: FrameOut = await session.recv()
-                if self.writer.transport.get_write_buffer_size() > limit:
+                if self.stream.buffered() > limit:
                     self.host.frames_dropped += 1  # the media process is behind: newest wins
                     continue
                 self._send(wire.encode_frame_out(sid, frame))

@@ -56,19 +56,18 @@ def remote_spec(path: str, output_size: int, max_prompt_chars: int) -> EngineSpe
 class RemoteBridge:
     """Commands and frames to the engine process, as `EngineBridge` takes them in-process."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self._writer = writer
+    def __init__(self, stream: wire.MessageStream) -> None:
+        self._stream = stream
 
     def put_frame(self, frame: FrameIn) -> bool:
         """Send the frame; True (dropped) when the engine process is not keeping up."""
-        if self._writer.is_closing() or self._writer.transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
+        if self._stream.is_closing() or self._stream.buffered() > MAX_BUFFERED_BYTES:
             return True
-        self._writer.writelines(wire.encode_frame_in(frame))
+        self._stream.writelines(wire.encode_frame_in(frame))
         return False
 
     def send(self, cmd: Command, *, discard_frames_of: str | None = None) -> None:
-        if not self._writer.is_closing():
-            self._writer.writelines(wire.encode_command(cmd))
+        self._stream.writelines(wire.encode_command(cmd))
 
 
 class RemoteLink:
@@ -81,7 +80,7 @@ class RemoteLink:
         self._health = health
         self._client = client
         self._task: asyncio.Task[None] | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._stream: wire.MessageStream | None = None
         self.connects = 0
         self.losses = 0
         self.bridge_served = False
@@ -104,7 +103,8 @@ class RemoteLink:
         attempt = 0
         while not self._health.final:
             try:
-                reader, writer = await asyncio.open_unix_connection(self.path, limit=wire.READ_LIMIT)
+                loop = asyncio.get_running_loop()
+                _, stream = await loop.create_unix_connection(wire.MessageStream, self.path)
             except OSError as exc:
                 if attempt == 0 or attempt % 30 == 0:
                     log.info("engine process at %s not reachable yet: %s", self.path, exc)
@@ -113,7 +113,7 @@ class RemoteLink:
                 attempt += 1
                 continue
             started = time.monotonic()
-            reason = await self._serve(reader, writer)
+            reason = await self._serve(stream)
             self._drop_connection()
             if self._health.final:
                 return
@@ -127,13 +127,13 @@ class RemoteLink:
             attempt = 0 if time.monotonic() - started >= STEADY_S else attempt + 1
             await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    async def _serve(self, stream: wire.MessageStream) -> str:
         """One connection, until it ends; returns why it ended. bridge_served: whether it got
         as far as carrying this process's sessions."""
-        self._writer = writer
+        self._stream = stream
         self.bridge_served = False
         try:
-            header, _ = await wire.read_message(reader)
+            header, _ = await stream.read()
             if header["t"] != "hello":
                 raise wire.WireError(f"expected hello, got {header['t']!r}")
             if header.get("version") != wire.WIRE_VERSION:  # another release: retrying cannot help
@@ -146,12 +146,12 @@ class RemoteLink:
             self._client.info = info  # what /healthz and the page show
             self.connects += 1
             log.info("connected to the engine process at %s: %s engine (%s)", self.path, info.kind, info.model)
-            self.bridge = RemoteBridge(writer)
+            self.bridge = RemoteBridge(stream)
             self.bridge_served = True
             self._client.attach(self.bridge)
             self._mirror(wire.field(header, "health", dict))
             while True:
-                header, payload = await wire.read_message(reader)
+                header, payload = await stream.read()
                 self._handle(header, payload)
         except asyncio.IncompleteReadError:
             return "it closed the connection"
@@ -163,11 +163,11 @@ class RemoteLink:
 
     def _drop_connection(self) -> None:
         self.bridge = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
-    def _handle(self, header: dict[str, Any], payload: bytes) -> None:
+    def _handle(self, header: dict[str, Any], payload: bytes | bytearray) -> None:
         kind = header["t"]
         if kind == "out":
             frame = wire.decode_frame_out(header, payload)

@@ -14,9 +14,11 @@ import asyncio
 import json
 import math
 import struct
+from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -41,9 +43,6 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_SIDE = 4096
 MAX_PAYLOAD_BYTES = MAX_SIDE * MAX_SIDE * 3
 MAX_ID_CHARS = 200
-READ_LIMIT = 4 * 1024 * 1024
-"""StreamReader buffer limit: above a frame's size, so a frame arrives in a few reads
-instead of pausing and resuming the socket every 128 KiB (asyncio pauses at twice this)."""
 WIRE_VERSION = 1
 
 
@@ -51,23 +50,156 @@ class WireError(Exception):
     """The peer broke the protocol; the connection is closed."""
 
 
-async def read_message(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
-    """The next message; raises asyncio.IncompleteReadError at end of stream, WireError on
-    a malformed one."""
-    header_len, payload_len = PREFIX.unpack(await reader.readexactly(PREFIX.size))
+def _lengths(prefix: bytes | bytearray) -> tuple[int, int]:
+    header_len, payload_len = PREFIX.unpack(prefix)
     if not 2 <= header_len <= MAX_HEADER_BYTES:
         raise WireError(f"header of {header_len} bytes (allowed: 2..{MAX_HEADER_BYTES})")
     if payload_len > MAX_PAYLOAD_BYTES:
         raise WireError(f"payload of {payload_len} bytes (allowed: at most {MAX_PAYLOAD_BYTES})")
-    raw = await reader.readexactly(header_len)
-    payload = await reader.readexactly(payload_len) if payload_len else b""
+    return header_len, payload_len
+
+
+def _header(raw: bytes | bytearray) -> dict[str, Any]:
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("t"), str):
         raise WireError("header is not an object with a string 't'")
-    return header, payload
+    return header
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
+    """The next message from a stream reader (a peer in tests); raises
+    asyncio.IncompleteReadError at end of stream, WireError on a malformed one."""
+    header_len, payload_len = _lengths(await reader.readexactly(PREFIX.size))
+    raw = await reader.readexactly(header_len)
+    payload = await reader.readexactly(payload_len) if payload_len else b""
+    return _header(raw), payload
+
+
+class MessageStream(asyncio.BufferedProtocol):
+    """One connection's protocol: the kernel writes each message's parts straight into a
+    buffer of their own (a frame's 768 KiB arrive without the copies and the per-chunk
+    Python of a StreamReader), complete messages wait for `read()` (reading pauses past
+    MAX_PENDING of them), and the transport takes what is written."""
+
+    MAX_PENDING = 8
+
+    def __init__(self, on_connected: Callable[[MessageStream], None] | None = None) -> None:
+        """on_connected: called once the transport is there (a server's per-connection start)."""
+        self._on_connected = on_connected
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._pending: deque[tuple[dict[str, Any], bytes | bytearray]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._lost = self._loop.create_future()
+        self._paused = False
+        self._payload_len = 0
+        self._message_header: dict[str, Any] = {}
+        self._expect(0, PREFIX.size)
+
+    def _expect(self, stage: int, size: int) -> None:
+        self._stage, self._buf, self._got = stage, bytearray(size), 0
+        self._view = memoryview(self._buf)
+
+    # ---- asyncio.BufferedProtocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, same methods
+        if self._on_connected is not None:
+            self._on_connected(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view[self._got :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._got += nbytes
+        if self._got < len(self._buf):
+            return
+        try:
+            self._advance()
+        except WireError as exc:
+            self._fail(exc)
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close our end too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._fail(ConnectionError(str(exc)))
+        self._fail(asyncio.IncompleteReadError(bytes(self._buf[: self._got]), len(self._buf)))
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def _advance(self) -> None:
+        if self._stage == 0:
+            header_len, self._payload_len = _lengths(self._buf)
+            self._expect(1, header_len)
+        elif self._stage == 1 and self._payload_len:
+            self._message_header = _header(self._buf)
+            self._expect(2, self._payload_len)
+        else:
+            if self._stage == 1:
+                self._push(_header(self._buf), b"")
+            else:
+                self._push(self._message_header, self._buf)
+            self._expect(0, PREFIX.size)
+
+    def _push(self, header: dict[str, Any], payload: bytes | bytearray) -> None:
+        self._pending.append((header, payload))
+        self._wake()
+        if len(self._pending) >= self.MAX_PENDING and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # ---- the connection's owner -----------------------------------------------------------
+
+    async def read(self) -> tuple[dict[str, Any], bytes | bytearray]:
+        """The next message; after the last one, the error that ended the stream
+        (asyncio.IncompleteReadError at its end, WireError, ConnectionError)."""
+        while not self._pending:
+            if self._error is not None:
+                raise self._error
+            self._waiter = self._loop.create_future()
+            await self._waiter
+        message = self._pending.popleft()
+        if self._paused and len(self._pending) < self.MAX_PENDING and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return message
+
+    def writelines(self, buffers: list[bytes | memoryview]) -> None:
+        if not self.is_closing():
+            assert self.transport is not None
+            self.transport.writelines(buffers)
+
+    def is_closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the kernel."""
+        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+
+    def close(self) -> None:
+        """Ends the connection now, unsent bytes dropped: a peer that stopped reading must not
+        hold a shutdown (a graceful close waits for it to read them all)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def wait_closed(self) -> None:
+        await self._lost
 
 
 def encode(header: dict[str, Any], payload: bytes | memoryview = b"") -> list[bytes | memoryview]:
@@ -102,7 +234,7 @@ def _time_base(header: dict[str, Any]) -> Fraction:
     return Fraction(tb[0], tb[1])
 
 
-def _image(header: dict[str, Any], payload: bytes) -> np.ndarray:
+def _image(header: dict[str, Any], payload: bytes | bytearray) -> np.ndarray:
     shape = header.get("shape")
     if not (isinstance(shape, list) and len(shape) == 3 and all(type(x) is int for x in shape)):
         raise WireError(f"frame shape {shape!r} is not [height, width, 3]")
@@ -146,7 +278,7 @@ def encode_frame_in(frame: FrameIn) -> list[bytes | memoryview]:
     return encode(header, image.reshape(-1).data)
 
 
-def decode_frame_in(header: dict[str, Any], payload: bytes) -> FrameIn:
+def decode_frame_in(header: dict[str, Any], payload: bytes | bytearray) -> FrameIn:
     return FrameIn(
         session_id(header),
         _image(header, payload),
@@ -190,7 +322,7 @@ def encode_frame_out(sid: str, frame: FrameOut) -> list[bytes | memoryview]:
     return encode(header, image.reshape(-1).data)
 
 
-def decode_frame_out(header: dict[str, Any], payload: bytes) -> FrameOut:
+def decode_frame_out(header: dict[str, Any], payload: bytes | bytearray) -> FrameOut:
     return FrameOut(
         session_id(header),
         _image(header, payload),
