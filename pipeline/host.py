@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,10 @@ from pipeline.slots import SlotClosed
 log = logging.getLogger(__name__)
 
 HEALTH_POLL_S = 0.25
+
+
+class EngineHostError(RuntimeError):
+    """The engine host cannot listen where it was told to."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +64,16 @@ class EngineHost:
         self._count = 0
 
     async def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)  # a socket file left by a process that was killed
+        """Raises EngineHostError (saying the path and the flag) when it cannot listen."""
+        self._clear_stale_socket()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: wire.MessageStream(self._connected), self.path)
+        try:
+            self._server = await loop.create_unix_server(lambda: wire.MessageStream(self._connected), self.path)
+        except OSError as exc:
+            raise EngineHostError(
+                f"--engine-host {self.path}: cannot listen there ({exc.strerror or exc}); give a path in an "
+                "existing directory this user can write, e.g. /tmp/livestyle-engine.sock"
+            ) from None
         os.chmod(self.path, 0o600)  # only this user's processes may feed the engine
         log.info("engine host listening on %s", self.path)
 
@@ -75,6 +87,28 @@ class EngineHost:
             await self._server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+    def _clear_stale_socket(self) -> None:
+        """Remove a socket file that a killed engine host left; never anything else."""
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise EngineHostError(
+                f"--engine-host {self.path} exists and is not a socket: not replacing it; give another path"
+            )
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(self.path)
+            except ConnectionRefusedError:
+                os.unlink(self.path)  # nobody listens: left by a process that was killed
+                return
+            except OSError:
+                return  # not ours to judge (e.g. no permission): the bind will say so
+        raise EngineHostError(
+            f"--engine-host {self.path}: another engine host is listening there; stop it or give another path"
+        )
 
     @property
     def connections(self) -> int:

@@ -22,7 +22,7 @@ from pipeline import wire
 from pipeline.client import EngineClient, EngineUnavailable
 from pipeline.config import EngineConfig
 from pipeline.engines import preview_spec
-from pipeline.host import EngineHost, HostLimits
+from pipeline.host import EngineHost, EngineHostError, HostLimits
 from pipeline.messages import PromptApplied, SessionError
 from pipeline.remote import RemoteLink, remote_spec
 from pipeline.runtime import RuntimeConfig
@@ -366,3 +366,26 @@ async def test_another_wire_version_gives_up_with_a_clear_reason():
         finally:
             await media.aclose()
             server.close()
+
+
+async def test_an_engine_host_never_replaces_a_file_or_a_live_host(tmp_path):
+    path = tmp_path / "engine.sock"
+    path.write_text("someone's notes")
+    engine = EngineClient(preview_spec(EngineConfig(kind="preview", size=SIZE), "test"))
+    engine.start()
+    try:
+        with pytest.raises(EngineHostError, match=r"--engine-host .* is not a socket: not replacing it"):
+            await EngineHost(engine, str(path)).start()
+        assert path.read_text() == "someone's notes"
+        path.unlink()
+        first = EngineHost(engine, str(path))
+        await first.start()
+        with pytest.raises(EngineHostError, match="another engine host is listening there"):
+            await EngineHost(engine, str(path)).start()
+        _, writer = await raw_connection(str(path))  # the first one still answers
+        writer.close()
+        await first.aclose()
+        with pytest.raises(EngineHostError, match=r"--engine-host .*cannot listen there .*existing directory"):
+            await EngineHost(engine, str(tmp_path / "missing" / "engine.sock")).start()
+    finally:
+        await engine.aclose()
