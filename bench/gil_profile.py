@@ -178,12 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         socket_path = str(work / "engine.sock")
-        server_argv = serve_argv(free_port(), [*limits, *serve_extra])
-        argvs = {"server": server_argv}
         if args.media_process:
-            server_argv += ["--engine-host", socket_path]
-            argvs = {"engine process": server_argv}
-            argvs["media process"] = serve_argv(free_port(), [*limits, "--engine-socket", socket_path])
+            server_argv = serve_argv(free_port(), [*limits, *serve_extra, "--engine-host", socket_path])
+            media_argv = serve_argv(free_port(), [*limits, "--engine-socket", socket_path])
+            argvs = {"engine process": server_argv, "media process": media_argv}
+        else:
+            server_argv = serve_argv(free_port(), [*limits, *serve_extra])
+            argvs = {"server": server_argv}
         servers = {name: ServeProcess(a, dict(os.environ), work / f"{name}.log") for name, a in argvs.items()}
         try:
             for server in servers.values():

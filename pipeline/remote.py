@@ -81,7 +81,6 @@ class RemoteLink:
         self._client = client
         self._task: asyncio.Task[None] | None = None
         self._stream: wire.MessageStream | None = None
-        self.connects = 0
         self.losses = 0
         self.bridge_served = False
         """Connections to the engine process lost (each one a restart in this process's health)."""
@@ -144,7 +143,6 @@ class RemoteLink:
                 return "wire version mismatch"
             info = wire.decode_info(header)
             self._client.info = info  # what /healthz and the page show
-            self.connects += 1
             log.info("connected to the engine process at %s: %s engine (%s)", self.path, info.kind, info.model)
             self.bridge = RemoteBridge(stream)
             self.bridge_served = True

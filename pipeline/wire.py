@@ -244,12 +244,19 @@ def _image(header: dict[str, Any], payload: bytes | bytearray) -> np.ndarray:
     return np.frombuffer(payload, np.uint8).reshape(h, w, 3)
 
 
-def _frame_fields(image: np.ndarray, pts: int, time_base: Fraction) -> dict[str, Any]:
-    return {"pts": int(pts), "tb": [time_base.numerator, time_base.denominator], "shape": list(image.shape)}
+def _frame_message(kind: str, frame: FrameIn | FrameOut, sid: str, **fields: Any) -> list[bytes | memoryview]:
+    """A frame's message either way: its timestamps and shape in the header, its RGB bytes
+    as the payload (not copied when the array is already contiguous uint8)."""
+    image = np.ascontiguousarray(frame.image, dtype=np.uint8)
+    tb = frame.time_base
+    header = {"t": kind, "sid": sid, "pts": int(frame.pts), "tb": [tb.numerator, tb.denominator], "t_in": frame.t_in}
+    return encode({**header, **fields, "shape": list(image.shape)}, image.reshape(-1).data)
 
 
-def _pts(header: dict[str, Any]) -> int:
-    return int(field(header, "pts", int))
+def _frame_parts(header: dict[str, Any], payload: bytes | bytearray) -> tuple[str, np.ndarray, int, Fraction, float]:
+    """What every frame message has: session id, image, pts, time base, t_in."""
+    t_in = float(field(header, "t_in", (int, float)))
+    return session_id(header), _image(header, payload), int(field(header, "pts", int)), _time_base(header), t_in
 
 
 # ---- media process -> engine process ------------------------------------------------------
@@ -268,24 +275,11 @@ def encode_command(cmd: Command) -> list[bytes | memoryview]:
 
 
 def encode_frame_in(frame: FrameIn) -> list[bytes | memoryview]:
-    image = np.ascontiguousarray(frame.image, dtype=np.uint8)
-    header = {
-        "t": "frame",
-        "sid": frame.session_id,
-        "t_in": frame.t_in,
-        **_frame_fields(image, frame.pts, frame.time_base),
-    }
-    return encode(header, image.reshape(-1).data)
+    return _frame_message("frame", frame, frame.session_id)
 
 
 def decode_frame_in(header: dict[str, Any], payload: bytes | bytearray) -> FrameIn:
-    return FrameIn(
-        session_id(header),
-        _image(header, payload),
-        _pts(header),
-        _time_base(header),
-        float(field(header, "t_in", (int, float))),
-    )
+    return FrameIn(*_frame_parts(header, payload))
 
 
 # ---- engine process -> media process ------------------------------------------------------
@@ -296,8 +290,7 @@ def encode_hello(info: EngineInfo, health: dict[str, object]) -> list[bytes | me
 
 
 def decode_info(header: dict[str, Any]) -> EngineInfo:
-    if header.get("version") != WIRE_VERSION:
-        raise WireError(f"engine host speaks wire version {header.get('version')!r}, this process {WIRE_VERSION}")
+    """The hello's engine info (its version is checked by the caller, which gives up on a mismatch)."""
     info = field(header, "info", dict)
     try:
         return EngineInfo(**info)
@@ -310,28 +303,12 @@ def encode_health(health: dict[str, object]) -> list[bytes | memoryview]:
 
 
 def encode_frame_out(sid: str, frame: FrameOut) -> list[bytes | memoryview]:
-    image = np.ascontiguousarray(frame.image, dtype=np.uint8)
-    header = {
-        "t": "out",
-        "sid": sid,
-        "t_in": frame.t_in,
-        "t_out": frame.t_out,
-        "prompt_seq": frame.prompt_seq,
-        **_frame_fields(image, frame.pts, frame.time_base),
-    }
-    return encode(header, image.reshape(-1).data)
+    return _frame_message("out", frame, sid, t_out=frame.t_out, prompt_seq=frame.prompt_seq)
 
 
 def decode_frame_out(header: dict[str, Any], payload: bytes | bytearray) -> FrameOut:
-    return FrameOut(
-        session_id(header),
-        _image(header, payload),
-        _pts(header),
-        _time_base(header),
-        float(field(header, "t_in", (int, float))),
-        float(field(header, "t_out", (int, float))),
-        int(field(header, "prompt_seq", int)),
-    )
+    t_out, prompt_seq = float(field(header, "t_out", (int, float))), int(field(header, "prompt_seq", int))
+    return FrameOut(*_frame_parts(header, payload), t_out, prompt_seq)
 
 
 def encode_event(sid: str, event: Event) -> list[bytes | memoryview]:
