@@ -32,6 +32,7 @@ import torch
 from pipeline.config import BATCH_BUCKETS, DiffusionConfig
 from pipeline.core import AdapterUnavailable, PromptRejected
 from pipeline.diffusion.adapter_stage import AdapterStage
+from pipeline.diffusion.aot import AotStore
 from pipeline.diffusion.clock import Marks, StageClock
 from pipeline.diffusion.compile_cache import CompileCache, engine_cache_parts
 from pipeline.diffusion.conditioning import TextStage
@@ -110,7 +111,9 @@ class DiffusionBackend:
         # Installed before the graph is compiled: the adapter is part of the one UNet graph.
         self.adapter = AdapterStage.build(config, c.unet, max(self._buckets), self.latent, self.size, device)
         schedule = FlowSchedule.from_scheduler(c.scheduler, config.steps, self.latent, self.latent)
-        self.denoise = DenoiseStage(c.unet, c.vae, schedule, self.size, config, self.cuda)
+        packages = self.compile_cache.packages
+        store = AotStore(packages, self.compile_cache.package_key) if packages is not None else None
+        self.denoise = DenoiseStage(c.unet, c.vae, schedule, self.size, config, self.cuda, aot_store=store)
         self.uploader = FrameUploader(self.streams, device, self.size, self.max_batch)
         self._outputs = [  # rows for the largest bucket: a batch is padded up to it
             torch.empty((max(self._buckets), self.size, self.size, 3), dtype=torch.uint8, pin_memory=self.cuda)

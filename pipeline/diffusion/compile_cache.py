@@ -12,6 +12,8 @@ Two layers, both under one directory (DiffusionConfig.compile_cache_dir, default
 
 What a cached start still pays: dynamo tracing of each bucket's graph, CUDA-graph
 recording and the warm-up runs; inductor's codegen and Triton's compiles are skipped.
+compile='aot' keeps AOTInductor packages under <directory>/aot instead (aot.py): a
+start that finds them pays neither tracing nor inductor.
 Failures here are never fatal: the engine compiles from scratch instead, with a warning.
 """
 
@@ -90,6 +92,17 @@ class CompileCache:
     @property
     def file(self) -> Path | None:
         return None if self.directory is None else self.directory / "mega" / f"{self.key}.bin"
+
+    @property
+    def packages(self) -> Path | None:
+        """Where compile='aot' keeps its per-bucket packages (aot.py)."""
+        return None if self.directory is None else self.directory / "aot"
+
+    @property
+    def package_key(self) -> str:
+        """The key without the bucket set: a package holds one bucket, so adding a bucket
+        to the configuration leaves the others' packages valid."""
+        return cache_key({**self.parts, "buckets": None})
 
     def prepare(self) -> None:
         """Point inductor/Triton at the directory and hot-load the mega-cache (before

@@ -40,6 +40,9 @@ def warm_up(backend: DiffusionBackend, progress: Callable[[str], None]) -> None:
         while n < len(buckets):
             b = buckets[n]
             n += 1
+            aot = backend.denoise.aot
+            if aot is not None:  # packages are cached per bucket
+                where = "cached package" if aot.store.cached(b) else "first start, building a package"
             progress(f"batch bucket {b} ({n}/{len(buckets)}): compiling (compile={backend.denoise.mode}, {where})")
             t0 = time.monotonic()
             frames = [FrameIn(WARMUP_SESSION, image, 0, Fraction(1, 90000), 0.0)] * b
@@ -50,7 +53,7 @@ def warm_up(backend: DiffusionBackend, progress: Callable[[str], None]) -> None:
             progress(f"batch bucket {b} ({n}/{len(buckets)}) ready in {time.monotonic() - t0:.1f} s")
     finally:
         backend.close_session(WARMUP_SESSION)
-    if backend.denoise.mode != "none":
+    if backend.denoise.mode not in ("none", "aot"):  # aot: the packages are the cache
         cache.save()
     progress(f"ready: {len(buckets)} buckets in {time.monotonic() - t_start:.1f} s")
 

@@ -1,0 +1,169 @@
+"""compile='aot': the UNet+decode graph as one AOTInductor package per bucket on disk,
+loaded at start and CUDA-graphed by hand.
+
+Why: a torch.compile start served from the compile cache still runs dynamo over every
+bucket's graph (about 22 s per bucket on the H200 host, 96.6 s for buckets 1, 8, 16:
+bench/results/2026-12-02-NVIDIA-H200-webrtc-media-2.json). A package is the compiled
+graph itself (a shared library plus its Triton kernels): loading one skips tracing,
+AOTAutograd and inductor altogether. The first start of a configuration pays
+torch.export plus the same inductor compile as before.
+
+Packages hold no weights (`package_constants_in_so` off): the loaded graph reads the
+live module's parameters and buffers in place (`user_managed`), so the adapter's
+per-session buffers written between steps are seen, and five buckets do not keep five
+copies of the UNet. Small tensors would otherwise be inlined into the code as literals
+(`always_keep_tensor_constants` stops that); a load also checks that every buffer the
+graph read at export time is one it reads from the module.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.diffusion.graphs import GraphedCall
+
+log = logging.getLogger(__name__)
+
+AOT_CONFIGS: dict[str, Any] = {
+    "aot_inductor.package_constants_in_so": False,
+    "always_keep_tensor_constants": True,
+}
+
+MAX_PACKAGES = 24
+"""Packages kept in the cache directory (one per configuration and bucket, tens of MB
+each without weights); the least recently built or loaded beyond this are deleted."""
+
+
+class AotUnavailable(RuntimeError):
+    """This torch cannot run a package the way the engine needs (the caller compiles
+    with torch.compile instead)."""
+
+
+def _check_torch() -> None:
+    inductor = getattr(torch, "_inductor", None)
+    if not hasattr(inductor, "aoti_compile_and_package") or not hasattr(inductor, "aoti_load_package"):
+        raise AotUnavailable(f"torch {torch.__version__} has no AOTInductor packages")
+
+
+def _buffers_read(program: Any) -> list[str]:
+    return sorted(set(program.graph_signature.inputs_to_buffers.values()))
+
+
+class AotStore:
+    """Where packages live: `<directory>/<key>-b<bucket>.pt2` with a .json beside it (what
+    the graph reads). No directory: a temporary one, removed by close()."""
+
+    def __init__(self, directory: Path | None, key: str) -> None:
+        self._temporary = directory is None
+        self.directory = Path(tempfile.mkdtemp(prefix="livestyle-aot-")) if directory is None else directory
+        self.key = key
+
+    def path(self, bucket: int) -> Path:
+        return self.directory / f"{self.key}-b{bucket}.pt2"
+
+    def cached(self, bucket: int) -> bool:
+        return self.path(bucket).is_file() and self.path(bucket).with_suffix(".json").is_file()
+
+    def build(self, module: nn.Module, inputs: Sequence[torch.Tensor], options: dict[str, Any]) -> Path:
+        """torch.export + AOTInductor; the package is written under a temporary name and
+        renamed, so a process killed mid-build leaves no half file under the real one."""
+        _check_torch()
+        bucket = inputs[0].shape[0]
+        target = self.path(bucket)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with torch.inference_mode(False), torch.no_grad():
+            example = tuple(t.clone() for t in inputs)  # inference tensors cannot be traced
+            program = torch.export.export(module, example, strict=False)
+        tmp = self.directory / f".tmp-{os.getpid()}-{target.name}"
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(tmp), inductor_configs={**options, **AOT_CONFIGS}
+        )
+        target.with_suffix(".json").write_text(json.dumps({"buffers": _buffers_read(program)}))
+        os.replace(tmp, target)
+        prune(self.directory, keep=MAX_PACKAGES)
+        return target
+
+    def load(self, module: nn.Module, bucket: int) -> Callable[..., torch.Tensor]:
+        """The package's graph, reading `module`'s own tensors."""
+        _check_torch()
+        path = self.path(bucket)
+        reads = json.loads(path.with_suffix(".json").read_text())["buffers"]
+        compiled = torch._inductor.aoti_load_package(str(path))
+        if "user_managed" not in inspect.signature(compiled.load_constants).parameters:
+            raise AotUnavailable(f"torch {torch.__version__} cannot share weights with a package (no user_managed)")
+        tensors = dict(module.named_parameters(remove_duplicate=False))
+        tensors.update(module.named_buffers(remove_duplicate=False))
+        fqns = compiled.get_constant_fqns()
+        missing = [name for name in fqns if name not in tensors]
+        inlined = [name for name in reads if name not in fqns]
+        if missing or inlined:
+            raise AotUnavailable(
+                f"package {path.name} does not match the module (unknown constants {missing[:3]}, "
+                f"buffers compiled in as literals {inlined[:3]})"
+            )
+        compiled.load_constants({n: tensors[n] for n in fqns}, check_full_update=True, user_managed=True)
+        os.utime(path)  # recently used: pruned last
+        return compiled
+
+    def close(self) -> None:
+        if self._temporary:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def prune(directory: Path, keep: int) -> list[Path]:
+    """Delete all but the `keep` most recently used packages (and their .json)."""
+    entries = sorted(directory.glob("*.pt2"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for entry in entries[keep:]:
+        entry.unlink(missing_ok=True)
+        entry.with_suffix(".json").unlink(missing_ok=True)
+        log.info("compile cache: removed package %s (more than %d kept)", entry.name, keep)
+    return entries[keep:]
+
+
+class AotBuckets:
+    """The compiled function of compile='aot': per batch size, a package loaded (built
+    first when the cache has none) and, on CUDA, captured in one CUDA graph. Buckets are
+    prepared on their first call, which warm-up makes for every bucket."""
+
+    def __init__(self, module: nn.Module, store: AotStore, options: dict[str, Any], cuda: bool) -> None:
+        self.module, self.store, self.options, self.cuda = module, store, options, cuda
+        self._graphs: dict[int, Callable[..., torch.Tensor]] = {}
+        self.built: list[int] = []
+        """Buckets this process compiled (the rest were loaded from the store)."""
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        bucket = inputs[0].shape[0]
+        graph = self._graphs.get(bucket)
+        if graph is None:
+            graph = self._graphs[bucket] = self._prepare(bucket, inputs)
+        return graph(*inputs)
+
+    def _prepare(self, bucket: int, inputs: Sequence[torch.Tensor]) -> Callable[..., torch.Tensor]:
+        runner = None
+        if self.store.cached(bucket):
+            try:
+                runner = self.store.load(self.module, bucket)
+            except AotUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a stale or damaged package: build it again
+                log.warning("compiled package for bucket %d could not be loaded (%s); compiling it again", bucket, exc)
+        if runner is None:
+            self.store.build(self.module, inputs, self.options)
+            self.built.append(bucket)
+            runner = self.store.load(self.module, bucket)
+        return GraphedCall(runner, inputs) if self.cuda else runner
+
+    def close(self) -> None:
+        self._graphs.clear()
+        self.store.close()
