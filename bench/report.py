@@ -256,7 +256,9 @@ WEBRTC_NOTE = (
     "Latency by pts, client send -> client receive of the same frame; engine: the server's own frame latency "
     "over the same run (the change of its /metrics histogram); transport: the difference of the means; server "
     "cores: the server process's CPU time over the run / its wall time; loop cores: the same for its main "
-    "thread, the asyncio event loop (at most 1); step: the engine's step time and mean frames per step (both "
+    "thread, the asyncio event loop (at most 1); with media processes, server cores sum the engine's server and "
+    "every media process, and loop cores are the busiest media process's loop; step: the engine's step time "
+    "and mean frames per step (both "
     "from /metrics; '-' in files written before they were recorded); stamps: frames whose pixel stamp agrees "
     "with the pts match / stamps readable (none with random weights)."
 )
@@ -307,33 +309,45 @@ def webrtc(ctx: Context) -> str:
     sources = [r for r in ctx.results if "webrtc" in r.report["scenarios"]]
     if not sources:
         return missing("the webrtc scenario")
-    chosen: dict[tuple[str, int], tuple[int, dict[str, Any]]] = {}
+    # One row per codec, sessions and layout (media processes, 0 = the engine's own server).
+    chosen: dict[tuple[str, int, int], tuple[int, dict[str, Any]]] = {}
     for n, r in enumerate(sources):
+        media = int(r.report["scenarios"]["webrtc"].get("media_processes", 0))
         for x in r.report["scenarios"]["webrtc"]["rows"]:
-            chosen.setdefault((x["codec"], x["clients"]), (n, x))
+            chosen.setdefault((x["codec"], x["clients"], media), (n, x))
     used = sorted({n for n, _ in chosen.values()})
     label = {n: str(i) for i, n in enumerate(used, 1)}
-    order = sorted(chosen, key=lambda k: (k[0] != "VP8", k[0], k[1]))
+    order = sorted(chosen, key=lambda k: (k[0] != "VP8", k[0], k[1], k[2]))
     rows = []
     for key in order:
         n, x = chosen[key]
         rows.append(
-            [x["codec"], str(x["clients"]), f"{x['completed']}/{x['clients']}", fmt(x.get("delivered_fps_min"))]
+            [x["codec"], str(x["clients"]), str(key[2] or "-"), f"{x['completed']}/{x['clients']}"]
+            + [fmt(x.get("delivered_fps_min"))]
             + [lat(x["e2e"], k) for k in ("p50_ms", "p95_ms", "p99_ms")]
             + [lat(x["engine"], "p50_ms"), fmt(x.get("transport_mean_ms")), fmt(x["server_cpu_cores"], 2)]
-            + [fmt(x.get("server_loop_cores"), 2), lat(x.get("engine_step", {}), "p50_ms"), fmt(x.get("batch_mean"))]
+            + [fmt(max(x.get("media_loop_cores") or [x.get("server_loop_cores")]), 2)]
+            + [lat(x.get("engine_step", {}), "p50_ms"), fmt(x.get("batch_mean"))]
             + [f"{x['stamps']['agree']}/{x['stamps']['read']}", label[n]]
         )
     blocks = []
     for n in used:
         r = sources[n]
         w = r.report["scenarios"]["webrtc"]
+        media = w.get("media_processes", 0)
+        layout = (
+            f", the clients spread round robin over {media} media processes (`livestyle serve --engine-socket`) "
+            "that feed its engine over a Unix socket,"
+            if media
+            else ""
+        )
         blocks.append(
             f"File {label[n]}: " + ctx.source(r, E2E) + f" `livestyle serve` ({w['engine']} engine, buckets "
-            f"{serve_buckets(r)}) and one aiortc client process per session over loopback, each sending a DAVIS "
-            f"clip at {fmt(w['fed_fps'], 0)} fps, {fmt(w['seconds'])} s measured."
+            f"{serve_buckets(r)}){layout} and one aiortc client process per session over loopback, each sending a "
+            f"DAVIS clip at {fmt(w['fed_fps'], 0)} fps, {fmt(w['seconds'])} s measured."
         )
-    header = ["codec", "sessions", "done", "fps/session min", "e2e p50 ms", "p95", "p99", "engine p50 ms"]
+    header = ["codec", "sessions", "media processes", "done", "fps/session min", "e2e p50 ms", "p95", "p99"]
+    header += ["engine p50 ms"]
     header += ["transport mean ms", "server cores", "loop cores", "step p50 ms", "batch", "stamps", "file"]
     return "\n\n".join(["\n".join(f"- {b}" for b in blocks), WEBRTC_NOTE, table(header, rows)])
 

@@ -195,7 +195,7 @@ def test_report_blocks_name_scope_card_and_file(tmp_path):
     ctx = report.Context(results, bad, tmp_path)
     webrtc = report.section("webrtc", ctx)
     assert "Scope: end to end over loopback WebRTC; one H (2.11)" in webrtc and "[r.json](r.json)" in webrtc
-    assert "| H264 | 1 | 1/1 | 29.0 | 70.0 |" in webrtc
+    assert "| H264 | 1 | - | 1/1 | 29.0 | 70.0 |" in webrtc
     head = report.section("headline", ctx)
     assert "8 sessions at 30 fps each (engine-internal)" in head and "150.0 fps" in head
     assert "No committed results file holds the adapter sweep" in report.section("adapter", ctx)
@@ -231,6 +231,26 @@ def test_webrtc_rows_measured_again_later_replace_the_earlier_ones(tmp_path):
     assert [r.split(" | ")[:2] for r in rows] == [["| VP8", "1"], ["| VP8", "8"], ["| H264", "1"]]
     assert rows[1].endswith("| 1 |") and "90.0" in rows[1] and "110.0" not in text  # from the newer file
     assert rows[0].endswith("| 2 |") and rows[2].endswith("| 2 |")
+
+
+def test_webrtc_rows_of_another_layout_stand_beside_the_one_process_rows(tmp_path):
+    """A run with media processes measures another layout: its rows do not replace the
+    one-process rows of the same codec and sessions; both are shown, labelled."""
+    older = synthetic(tmp_path)
+    webrtc = {**older["scenarios"]["webrtc"], "media_processes": 2, "rows": [webrtc_row("VP8", 8, 90.0)]}
+    webrtc["rows"][0]["media_loop_cores"] = [0.25, 0.75]
+    written(tmp_path / "r2.json", {}, webrtc=webrtc)
+    results, bad = report.load_results([tmp_path / "r.json", tmp_path / "r2.json"])
+    text = report.section("webrtc", report.Context(results, bad, tmp_path))
+    rows = [line for line in text.splitlines() if line.startswith(("| VP8", "| H264"))]
+    assert [r.split(" | ")[:3] for r in rows] == [
+        ["| VP8", "1", "-"],
+        ["| VP8", "8", "-"],
+        ["| VP8", "8", "2"],
+        ["| H264", "1", "-"],
+    ]
+    assert "110.0" in rows[1] and "90.0" in rows[2] and "| 0.75 |" in rows[2]
+    assert "over 2 media processes" in text
 
 
 def test_speed_switch_runs_are_compared_with_the_defaults_never_headlined(tmp_path):
