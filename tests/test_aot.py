@@ -119,16 +119,32 @@ def test_a_package_that_inlined_a_buffer_is_refused(built: Path, tmp_path: Path)
         AotStore(directory, "key").load(Gated().eval(), 2)
 
 
+def test_a_package_that_crashes_its_loader_is_never_loaded_here(built: Path, tmp_path: Path, monkeypatch) -> None:
+    """On the H200 (torch 2.11) one packaging crashed the loading process (SIGSEGV): a new
+    package is loaded in a child first, and one that takes the child down is dropped with
+    an error the engine falls back on, instead of the crash reaching the engine."""
+    monkeypatch.setattr(aot, "CHECK_SOURCE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    package = copy_store(built, tmp_path) / "key-b2.pt2"
+    with pytest.raises(AotUnavailable, match="signal 11"):
+        aot.check_in_child(package)
+    directory = tmp_path / "fresh"
+    store = AotStore(directory, "key")
+    with pytest.raises(AotUnavailable, match="failed in a child process"):
+        store.build(Gated().eval(), inputs(), {})
+    assert not store.cached(2) and list(directory.iterdir()) == [], "nothing of the crashing package is kept"
+
+
 def test_packages_on_disk_are_bounded(tmp_path: Path) -> None:
     for i in range(5):
         (tmp_path / f"k-b{i}.pt2").write_bytes(b"x")
         (tmp_path / f"k-b{i}.json").write_text("{}")
         stamp = 1_000_000 + i
         os.utime(tmp_path / f"k-b{i}.pt2", (stamp, stamp))
+    (tmp_path / ".tmp-7-k-b9.pt2").write_bytes(b"a build under way")
     removed = prune(tmp_path, keep=3)
     assert sorted(p.name for p in removed) == ["k-b0.pt2", "k-b1.pt2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"k-b{i}.{ext}" for i in (2, 3, 4) for ext in ("pt2", "json")
+        [".tmp-7-k-b9.pt2"] + [f"k-b{i}.{ext}" for i in (2, 3, 4) for ext in ("pt2", "json")]
     )
 
 

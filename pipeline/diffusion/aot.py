@@ -8,12 +8,18 @@ graph itself (a shared library plus its Triton kernels): loading one skips traci
 AOTAutograd and inductor altogether. The first start of a configuration pays
 torch.export plus the same inductor compile as before.
 
-Packages hold no weights (`package_constants_in_so` off): the loaded graph reads the
-live module's parameters and buffers in place (`user_managed`), so the adapter's
-per-session buffers written between steps are seen, and five buckets do not keep five
-copies of the UNet. Small tensors would otherwise be inlined into the code as literals
-(`always_keep_tensor_constants` stops that); a load also checks that every buffer the
-graph read at export time is one it reads from the module.
+Once loaded, the graph is pointed at the live module's parameters and buffers
+(`load_constants(user_managed=True)`), so the adapter's per-session buffers written
+between steps are seen. Small tensors would otherwise be inlined into the code as
+literals (`always_keep_tensor_constants` stops that); a load also checks that every
+buffer the graph read at export time is one it reads from the module.
+
+Packages keep torch's default of the weights inside the library (about 0.8 GB for the
+full model, loaded once more on the GPU per bucket): on the H200 with torch 2.11 a
+package built without them (`package_constants_in_so` off) crashed the loading process
+with a segmentation fault, for a full-size bucket and for a two-layer module alike
+(issue #16's notes). Since a crash cannot be caught, each new package is first loaded by
+a child process; only a package that loaded there is used and kept.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,14 +43,17 @@ from pipeline.diffusion.graphs import GraphedCall
 
 log = logging.getLogger(__name__)
 
-AOT_CONFIGS: dict[str, Any] = {
-    "aot_inductor.package_constants_in_so": False,
-    "always_keep_tensor_constants": True,
-}
+AOT_CONFIGS: dict[str, Any] = {"always_keep_tensor_constants": True}
 
-MAX_PACKAGES = 24
-"""Packages kept in the cache directory (one per configuration and bucket, tens of MB
-each without weights); the least recently built or loaded beyond this are deleted."""
+MAX_PACKAGES = 10
+"""Packages kept in the cache directory (one per configuration and bucket, about 0.8 GB
+each with the full model's weights): two configurations of five buckets. The least
+recently built or loaded beyond this are deleted."""
+
+CHECK_S = 180.0
+"""How long the child process that first loads a new package may take."""
+
+CHECK_SOURCE = "import sys, torch; torch._inductor.aoti_load_package(sys.argv[1]).get_constant_fqns()"
 
 
 class AotUnavailable(RuntimeError):
@@ -89,8 +100,14 @@ class AotStore:
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(tmp), inductor_configs={**options, **AOT_CONFIGS}
         )
-        target.with_suffix(".json").write_text(json.dumps({"buffers": _buffers_read(program)}))
+        try:
+            check_in_child(tmp)
+        except AotUnavailable:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, target)
+        # Written last: a package without its .json is not cached (cached()).
+        target.with_suffix(".json").write_text(json.dumps({"buffers": _buffers_read(program)}))
         prune(self.directory, keep=MAX_PACKAGES)
         return target
 
@@ -121,9 +138,24 @@ class AotStore:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def check_in_child(package: Path) -> None:
+    """Load the package in a child process first: a loader that crashes (see the module
+    docstring) takes the child down, not the engine."""
+    cmd = [sys.executable, "-X", "faulthandler", "-c", CHECK_SOURCE, str(package)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=CHECK_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise AotUnavailable(f"loading package {package.name} took over {CHECK_S:.0f} s in a child process") from exc
+    if done.returncode != 0:
+        how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
+        tail = " | ".join(line for line in done.stderr.strip().splitlines()[-4:])
+        raise AotUnavailable(f"loading package {package.name} failed in a child process ({how}): {tail[-400:]}")
+
+
 def prune(directory: Path, keep: int) -> list[Path]:
     """Delete all but the `keep` most recently used packages (and their .json)."""
-    entries = sorted(directory.glob("*.pt2"), key=lambda f: f.stat().st_mtime, reverse=True)
+    done = [f for f in directory.glob("*.pt2") if not f.name.startswith(".tmp-")]  # not a build under way
+    entries = sorted(done, key=lambda f: f.stat().st_mtime, reverse=True)
     for entry in entries[keep:]:
         entry.unlink(missing_ok=True)
         entry.with_suffix(".json").unlink(missing_ok=True)
