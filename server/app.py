@@ -18,7 +18,7 @@ from pipeline.remote import RemoteLink, remote_spec
 from server.access import AccessGate, AccessPolicy, RateLimiter
 from server.bodies import body_middleware, read_json
 from server.cluster import add_routes as add_cluster_routes
-from server.cluster import forward_middleware, peer_client_middleware, peer_http
+from server.cluster import forward_middleware, peer_client_middleware, peer_http, place
 from server.config import ServerConfig
 from server.drain import Drainer
 from server.errors import BadRequest, Handler, HttpServerLog, error_middleware
@@ -158,6 +158,8 @@ async def favicon(request: web.Request) -> web.FileResponse:
 
 async def offer(request: web.Request) -> web.Response:
     request.app[GATE].admit(request, offer=True)
+    if (placed := await place(request)) is not None:
+        return placed  # a media process of this server took it
     data = await read_json(request, "a JSON object {sdp, type, prompt?}")
     if not isinstance(data, dict):
         raise BadRequest("bad_request", "body must be a JSON object {sdp, type, prompt?}")

@@ -94,7 +94,9 @@ async def forward_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def peer_client_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Before the body is read (a request can only be cloned until then)."""
     cluster = request.app[CONFIG].cluster
-    if cluster.forwarding and FORWARDED in request.headers:
+    # Any server given the secret believes it (a media process behind --place-on need not
+    # forward anything itself); _as_client checks it.
+    if FORWARDED in request.headers and cluster.peer_secret is not None:
         request = _as_client(request, cluster)
     return await handler(request)
 
@@ -143,6 +145,50 @@ async def _forward(request: web.Request, base: str, owner: str) -> web.Response:
         log.warning("forward %s %s to pod %s failed: %r", request.method, _route(request), owner, exc)
         raise HttpError(502, "peer_unavailable", f"the server of this stream (pod {owner}) failed to answer") from None
     return web.Response(status=status, body=answer, headers=kept)
+
+
+PLACE_PROBE_S = 1.0
+"""How long a placement waits for each media process's /readyz."""
+
+
+async def place(request: web.Request) -> web.Response | None:
+    """With --place-on: hand a new session's request (a page's offer, a WHIP publish) to
+    the media process with the most free slots, trying the next when one answers 503
+    (it filled up meanwhile); None when this server takes its sessions itself."""
+    cluster = request.app[CONFIG].cluster
+    if not cluster.place_on or FORWARDED in request.headers:
+        return None
+    named = dict(cluster.peers)
+    free = await asyncio.gather(*(_free_slots(request.app[PEER_HTTP], named[n]) for n in cluster.place_on))
+    ranked = sorted(zip(cluster.place_on, free, strict=True), key=lambda nf: -nf[1])
+    for name, slots in ranked:
+        if slots <= 0:
+            break
+        try:
+            answer = await _forward(request, named[name].rstrip("/"), name)
+        except HttpError as exc:
+            log.warning("placing a session on %s failed (%s); trying the next", name, exc.message)
+            continue
+        if answer.status != 503:
+            return answer
+    raise HttpError(
+        503,
+        "no_capacity",
+        f"every media process of this server is full or not ready ({len(ranked)} asked); retry in a minute",
+        {hdrs.RETRY_AFTER: "30"},
+    )
+
+
+async def _free_slots(http: aiohttp.ClientSession, base: str) -> int:
+    """A media process's free slots by its /readyz; 0 when it does not answer in time."""
+    try:
+        async with asyncio.timeout(PLACE_PROBE_S):
+            async with http.get(base.rstrip("/") + "/readyz", allow_redirects=False) as resp:
+                body = await resp.json(content_type=None)
+    except (TimeoutError, aiohttp.ClientError, ValueError):
+        return 0
+    slots = body.get("free_slots") if isinstance(body, dict) and body.get("ready") is True else 0
+    return slots if isinstance(slots, int) and not isinstance(slots, bool) and 0 < slots < 1_000_000 else 0
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:

@@ -59,6 +59,11 @@ class ClusterConfig:
     address (for the rate limits); without it, forwarded requests count as the forwarding pod's."""
     forward_timeout_s: float = 5.0
     """Longest a forwarded request may take in all (connect, send, answer)."""
+    place_on: tuple[str, ...] = ()
+    """Names of peers (--peer) that take this server's new sessions: its media processes
+    (`--engine-socket`) behind this one public address. A page's offer or a WHIP publish is
+    forwarded to the one with the most free slots (by its /readyz); this server takes no
+    session itself. Empty = this server takes its own."""
     drain_grace_s: float = 30.0
     """After a drain starts, how long live sessions keep running before they are told to move."""
     admin_token: str | None = field(default=None, repr=False)
@@ -84,6 +89,12 @@ class ClusterConfig:
                 )
         if (self.peer_url_template or self.peers) and self.pod_name is None:
             raise ConfigError("forwarding to peers needs this server's own --pod-name (LIVESTYLE_POD_NAME)")
+        unknown = [name for name in self.place_on if name not in dict(self.peers)]
+        if unknown:
+            raise ConfigError(
+                f"--place-on names {', '.join(unknown)[:120]}, which are not peers; name each with "
+                "--peer NAME=URL (LIVESTYLE_PEERS) first"
+            )
         if not 0.5 <= self.forward_timeout_s <= 60:
             raise ConfigError(
                 f"forward timeout {self.forward_timeout_s} s is not allowed; use 0.5..60 (--forward-timeout)"
@@ -579,6 +590,11 @@ def _add_cluster_arguments(p: argparse.ArgumentParser) -> None:
         help=f"seconds a forwarded request may take (default: {d.forward_timeout_s:g}; env LIVESTYLE_FORWARD_TIMEOUT)",
     )
     g.add_argument(
+        "--place-on",
+        help="comma-separated peer names (from --peer) that take this server's new sessions, e.g. its media "
+        "processes behind one public address (default: none = this server takes them; env LIVESTYLE_PLACE_ON)",
+    )
+    g.add_argument(
         "--drain-grace",
         type=float,
         help="seconds live sessions keep running after a drain starts before they are told to move "
@@ -602,6 +618,9 @@ def cluster_config(args: argparse.Namespace, env: Mapping[str, str]) -> ClusterC
     peers = args.peer or [p for p in env.get("LIVESTYLE_PEERS", "").split(",") if p.strip()]
     if peers:
         values["peers"] = tuple(_peer(p) for p in peers)
+    place = args.place_on if args.place_on is not None else env.get("LIVESTYLE_PLACE_ON", "")
+    if place.strip():
+        values["place_on"] = tuple(n.strip() for n in place.split(",") if n.strip())
     return ClusterConfig(**values)  # type: ignore[arg-type]
 
 

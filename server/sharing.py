@@ -18,6 +18,7 @@ from aiohttp import hdrs, web
 
 from server.access import Unauthorized, bearer, client_key
 from server.bodies import SDP, SDPFRAG, read_json, read_sdp, read_text, require_type
+from server.cluster import place
 from server.config import ServerConfig
 from server.errors import BadRequest, Handler
 from server.keys import CONFIG, ENGINE, GATE, REGISTRY
@@ -119,6 +120,8 @@ def _ice_links(config: ServerConfig) -> list[str]:
 
 async def whip_publish(request: web.Request) -> web.Response:
     request.app[GATE].admit(request, offer=True)
+    if (placed := await place(request)) is not None:
+        return placed  # a media process of this server took it
     sdp = await read_sdp(request)
     prompt = request.query.get("prompt", request.app[CONFIG].default_prompt).strip()
     registry = request.app[REGISTRY]

@@ -100,3 +100,14 @@ def test_engine_host_and_engine_socket_are_checked():
         load_config(["--engine-host", "/tmp/a.sock", "--engine-socket", "/tmp/b.sock"])
     with pytest.raises(ConfigError, match=r"--engine-socket .* 1\.\.107 bytes"):
         load_config(["--engine-socket", "/tmp/" + "x" * 120])
+
+
+def test_place_on_names_peers_and_says_so_when_it_does_not():
+    args = ["--pod-name", "front", "--peer", "m1=http://127.0.0.1:9001", "--peer", "m2=http://127.0.0.1:9002"]
+    config = load_config([*args, "--place-on", "m1, m2"], environ={})
+    assert config.cluster.place_on == ("m1", "m2")
+    env = {"LIVESTYLE_PEERS": "m1=http://127.0.0.1:9001", "LIVESTYLE_POD_NAME": "front", "LIVESTYLE_PLACE_ON": "m1"}
+    assert load_config([], environ=env).cluster.place_on == ("m1",)
+    with pytest.raises(ConfigError, match=r"--place-on names m3, which are not peers; .*--peer NAME=URL"):
+        load_config([*args, "--place-on", "m1,m3"], environ={})
+    assert load_config([], environ={}).cluster.place_on == ()
