@@ -167,8 +167,10 @@ async def place(request: web.Request) -> web.Response | None:
         try:
             answer = await _forward(request, named[name].rstrip("/"), name)
         except HttpError as exc:
+            if exc.status != 404:  # a timeout or a broken answer: it may have taken the session
+                raise
             log.warning("placing a session on %s failed (%s); trying the next", name, exc.message)
-            continue
+            continue  # refused: it never saw the offer
         if answer.status != 503:
             return answer
     raise HttpError(
@@ -219,17 +221,22 @@ async def readyz(request: web.Request) -> web.Response:
     """200 only while this server would take a new session: engine warm and healthy, a free
     slot, not draining. A readiness probe, so a fleet's Service sends offers elsewhere."""
     engine, registry = request.app[ENGINE], request.app[REGISTRY]
+    free = registry.free_slots
+    cluster = request.app[CONFIG].cluster
+    if cluster.place_on:  # its sessions live in the media processes it places them on
+        named = dict(cluster.peers)
+        free = sum(await asyncio.gather(*(_free_slots(request.app[PEER_HTTP], named[n]) for n in cluster.place_on)))
     reason = "ready"
     if registry.draining:
         reason = "draining"
     elif engine.state != "ready":
         reason = f"engine {engine.state}"
-    elif registry.free_slots == 0:
+    elif free == 0:
         reason = "full"
     body = {
         "ready": reason == "ready",
         "reason": reason,
-        "free_slots": registry.free_slots if engine.state == "ready" else 0,
+        "free_slots": free if engine.state == "ready" else 0,
         "sessions": len(registry),
         "capacity": registry.max_sessions,
         "pod": request.app[CONFIG].cluster.pod_name,

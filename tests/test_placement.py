@@ -77,6 +77,9 @@ async def test_new_sessions_are_spread_over_the_media_processes_behind_one_addre
 
             status, body, headers = await offer_status(http, front.url)
             assert status == 503 and body["error"]["code"] == "no_capacity" and headers.get("Retry-After") == "30", body
+            async with http.get(f"{front.url}/readyz") as resp:  # what a Service's readiness probe sees
+                ready = await resp.json()
+                assert resp.status == 503 and ready["reason"] == "full" and ready["free_slots"] == 0, ready
 
             # The page's close beacon goes to the public address and reaches the owner.
             first = clients[0]
@@ -103,6 +106,9 @@ async def test_new_sessions_are_spread_over_the_media_processes_behind_one_addre
 
 async def test_a_media_process_that_is_gone_is_skipped(layout):
     front, media = layout
+    async with ClientSession() as http, http.get(f"{front.url}/readyz") as resp:
+        ready = await resp.json()
+        assert resp.status == 200 and ready["free_slots"] == 2, ready  # the media processes' slots
     os.kill(media["m1"].proc.pid, signal.SIGKILL)
     media["m1"].proc.wait(10)
     clip = ping_pong(davis_clip("blackswan"))
