@@ -159,8 +159,7 @@ async def place(request: web.Request) -> web.Response | None:
     if not cluster.place_on or FORWARDED in request.headers:
         return None
     named = dict(cluster.peers)
-    free = await asyncio.gather(*(_free_slots(request.app[PEER_HTTP], named[n]) for n in cluster.place_on))
-    ranked = sorted(zip(cluster.place_on, free, strict=True), key=lambda nf: -nf[1])
+    ranked = sorted(await _placement_slots(request.app, cluster), key=lambda nf: -nf[1])
     for name, slots in ranked:
         if slots <= 0:
             break
@@ -179,6 +178,13 @@ async def place(request: web.Request) -> web.Response | None:
         f"every media process of this server is full or not ready ({len(ranked)} asked); retry in a minute",
         {hdrs.RETRY_AFTER: "30"},
     )
+
+
+async def _placement_slots(app: web.Application, cluster: ClusterConfig) -> list[tuple[str, int]]:
+    """(name, free slots) of each --place-on peer, asked concurrently."""
+    named = dict(cluster.peers)
+    free = await asyncio.gather(*(_free_slots(app[PEER_HTTP], named[n]) for n in cluster.place_on))
+    return list(zip(cluster.place_on, free, strict=True))
 
 
 async def _free_slots(http: aiohttp.ClientSession, base: str) -> int:
@@ -224,8 +230,7 @@ async def readyz(request: web.Request) -> web.Response:
     free = registry.free_slots
     cluster = request.app[CONFIG].cluster
     if cluster.place_on:  # its sessions live in the media processes it places them on
-        named = dict(cluster.peers)
-        free = sum(await asyncio.gather(*(_free_slots(request.app[PEER_HTTP], named[n]) for n in cluster.place_on)))
+        free = sum(slots for _, slots in await _placement_slots(request.app, cluster))
     reason = "ready"
     if registry.draining:
         reason = "draining"
