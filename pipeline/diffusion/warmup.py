@@ -31,7 +31,7 @@ def warm_up(backend: DiffusionBackend, progress: Callable[[str], None]) -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (backend.size, backend.size, 3), dtype=np.uint8)
     cache = backend.compile_cache
-    where = "no disk cache" if cache.directory is None else ("cached" if cache.loaded else "first start, caching")
+    mega = "no disk cache" if cache.directory is None else ("cached" if cache.loaded else "first start, caching")
     backend.open_session(WARMUP_SESSION, "warm-up")
     t_start = time.monotonic()
     try:
@@ -40,8 +40,8 @@ def warm_up(backend: DiffusionBackend, progress: Callable[[str], None]) -> None:
         while n < len(buckets):
             b = buckets[n]
             n += 1
-            aot = backend.denoise.aot
-            if aot is not None:  # packages are cached per bucket
+            aot, where = backend.denoise.aot, mega
+            if aot is not None:  # packages are cached per bucket (and aot can degrade to torch.compile)
                 where = "cached package" if aot.store.cached(b) else "first start, building a package"
             progress(f"batch bucket {b} ({n}/{len(buckets)}): compiling (compile={backend.denoise.mode}, {where})")
             t0 = time.monotonic()
