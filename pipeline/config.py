@@ -16,7 +16,7 @@ BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 TextMode = Literal["every", "refresh", "once", "prompt"]
 TEXT_MODES: tuple[str, ...] = ("every", "refresh", "once", "prompt")
-COMPILE_MODES: tuple[str, ...] = ("auto", "reduce-overhead", "aot", "default", "none")
+COMPILE_MODES: tuple[str, ...] = ("auto", "reduce-overhead", "precompile", "aot", "default", "none")
 CHANNELS_LAST_CHOICES: tuple[str, ...] = ("off", "vae", "all")
 INDUCTOR_CHOICES: tuple[str, ...] = ("conv1x1_mm", "coordinate_descent", "no_epilogue_fusion")
 
@@ -52,9 +52,11 @@ class DiffusionConfig:
     prompt's to the new one's in equal parts, the first pure frame after that; 0 = switch
     at once."""
     compile: str = "auto"
-    """torch.compile of the UNet+decode graph: 'reduce-overhead' (CUDA graphs), 'aot'
-    (AOTInductor packages in compile_cache_dir, CUDA-graphed: a cached start loads them
-    without tracing), 'default', 'none', or 'auto' (reduce-overhead on CUDA, none on CPU)."""
+    """torch.compile of the UNet+decode graph: 'reduce-overhead' (CUDA graphs),
+    'precompile' (the same graph saved per bucket in compile_cache_dir by dynamo's
+    precompile, CUDA-graphed: a cached start loads it without tracing), 'aot'
+    (AOTInductor packages there, likewise), 'default', 'none', or 'auto' (reduce-overhead
+    on CUDA, none on CPU). precompile and aot also compile on the CPU."""
     buckets: tuple[int, ...] | None = None
     """Batch sizes compiled at warm-up (static shapes: ~1.5 minutes each on an H100, and 30%
     faster than one batch-dynamic graph). A step pads its batch up to the smallest bucket

@@ -34,7 +34,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -71,9 +71,26 @@ def _buffers_read(program: Any) -> list[str]:
     return sorted(set(program.graph_signature.inputs_to_buffers.values()))
 
 
+class GraphStore(Protocol):
+    """Compiled graphs on disk, one per bucket: AotStore here, precompile.PrecompileStore."""
+
+    kind: str
+    """What one entry is called in warm-up progress."""
+
+    def cached(self, bucket: int) -> bool: ...
+
+    def build(self, module: nn.Module, inputs: Sequence[torch.Tensor], options: dict[str, Any]) -> Path: ...
+
+    def load(self, module: nn.Module, bucket: int) -> Callable[..., torch.Tensor]: ...
+
+    def close(self) -> None: ...
+
+
 class AotStore:
     """Where packages live: `<directory>/<key>-b<bucket>.pt2` with a .json beside it (what
     the graph reads). No directory: a temporary one, removed by close()."""
+
+    kind = "package"
 
     def __init__(self, directory: Path | None, key: str) -> None:
         self._temporary = directory is None
@@ -152,23 +169,25 @@ def check_in_child(package: Path) -> None:
         raise AotUnavailable(f"loading package {package.name} failed in a child process ({how}): {tail[-400:]}")
 
 
-def prune(directory: Path, keep: int) -> list[Path]:
-    """Delete all but the `keep` most recently used packages (and their .json)."""
-    done = [f for f in directory.glob("*.pt2") if not f.name.startswith(".tmp-")]  # not a build under way
+def prune(directory: Path, keep: int, suffix: str = ".pt2") -> list[Path]:
+    """Delete all but the `keep` most recently used files ending in `suffix` (and a .json
+    beside each)."""
+    done = [f for f in directory.glob(f"*{suffix}") if not f.name.startswith(".tmp-")]  # not a build under way
     entries = sorted(done, key=lambda f: f.stat().st_mtime, reverse=True)
     for entry in entries[keep:]:
         entry.unlink(missing_ok=True)
         entry.with_suffix(".json").unlink(missing_ok=True)
-        log.info("compile cache: removed package %s (more than %d kept)", entry.name, keep)
+        log.info("compile cache: removed %s (more than %d kept)", entry.name, keep)
     return entries[keep:]
 
 
 class AotBuckets:
-    """The compiled function of compile='aot': per batch size, a package loaded (built
-    first when the cache has none) and, on CUDA, captured in one CUDA graph. Buckets are
-    prepared on their first call, which warm-up makes for every bucket."""
+    """The compiled function of compile='aot' and 'precompile': per batch size, a graph
+    loaded from the store (built first when it has none) and, on CUDA, captured in one
+    CUDA graph. Buckets are prepared on their first call, which warm-up makes for every
+    bucket."""
 
-    def __init__(self, module: nn.Module, store: AotStore, options: dict[str, Any], cuda: bool) -> None:
+    def __init__(self, module: nn.Module, store: GraphStore, options: dict[str, Any], cuda: bool) -> None:
         self.module, self.store, self.options, self.cuda = module, store, options, cuda
         self._graphs: dict[int, Callable[..., torch.Tensor]] = {}
         self.built: list[int] = []
@@ -182,6 +201,11 @@ class AotBuckets:
         return graph(*inputs)
 
     def _prepare(self, bucket: int, inputs: Sequence[torch.Tensor]) -> Callable[..., torch.Tensor]:
+        if self.cuda:
+            # GraphedCall captures the graph on copies made in the caller's mode (inference
+            # tensors in the engine): build from such copies too, as dynamo's guards on a
+            # precompiled graph compare the tensors' dispatch keys with the traced ones.
+            inputs = [t.clone() for t in inputs]
         runner = None
         if self.store.cached(bucket):
             try:
@@ -189,7 +213,8 @@ class AotBuckets:
             except AotUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - a stale or damaged package: build it again
-                log.warning("compiled package for bucket %d could not be loaded (%s); compiling it again", bucket, exc)
+                kind = self.store.kind
+                log.warning("compiled %s for bucket %d could not be loaded (%s); compiling it again", kind, bucket, exc)
         if runner is None:
             self.store.build(self.module, inputs, self.options)
             self.built.append(bucket)

@@ -32,11 +32,10 @@ import torch
 from pipeline.config import BATCH_BUCKETS, DiffusionConfig
 from pipeline.core import AdapterUnavailable, PromptRejected
 from pipeline.diffusion.adapter_stage import AdapterStage
-from pipeline.diffusion.aot import AotStore
 from pipeline.diffusion.clock import Marks, StageClock
 from pipeline.diffusion.compile_cache import CompileCache, engine_cache_parts
 from pipeline.diffusion.conditioning import TextStage
-from pipeline.diffusion.denoise_stage import DenoiseStage
+from pipeline.diffusion.denoise_stage import STORED_MODES, DenoiseStage
 from pipeline.diffusion.device import describe_device, peak_memory_mb
 from pipeline.diffusion.loading import Components
 from pipeline.diffusion.schedule import FlowSchedule
@@ -84,7 +83,8 @@ class DiffusionBackend:
         )
         c = components
         parts = engine_cache_parts(config, device, c, self._buckets, self.size)
-        compiles = self.cuda and config.compile != "none"  # nothing is compiled on CPU
+        # On the CPU only the stored modes compile (the others run eagerly there).
+        compiles = config.compile != "none" and (self.cuda or config.compile in STORED_MODES)
         self.compile_cache = CompileCache(config.compile_cache_dir if compiles else None, parts)
         self.compile_cache.prepare()  # before the first torch.compile call below
         self._unet, self.dtype = c.unet, c.unet.dtype
@@ -111,9 +111,9 @@ class DiffusionBackend:
         # Installed before the graph is compiled: the adapter is part of the one UNet graph.
         self.adapter = AdapterStage.build(config, c.unet, max(self._buckets), self.latent, self.size, device)
         schedule = FlowSchedule.from_scheduler(c.scheduler, config.steps, self.latent, self.latent)
-        packages = self.compile_cache.packages
-        store = AotStore(packages, self.compile_cache.package_key) if packages is not None else None
-        self.denoise = DenoiseStage(c.unet, c.vae, schedule, self.size, config, self.cuda, aot_store=store)
+        cache = self.compile_cache
+        stage_args = (c.unet, c.vae, schedule, self.size, config, self.cuda)
+        self.denoise = DenoiseStage(*stage_args, store_dir=cache.directory, store_key=cache.package_key)
         self.uploader = FrameUploader(self.streams, device, self.size, self.max_batch)
         self._outputs = [  # rows for the largest bucket: a batch is padded up to it
             torch.empty((max(self._buckets), self.size, self.size, 3), dtype=torch.uint8, pin_memory=self.cuda)

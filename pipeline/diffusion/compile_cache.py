@@ -12,8 +12,8 @@ Two layers, both under one directory (DiffusionConfig.compile_cache_dir, default
 
 What a cached start still pays: dynamo tracing of each bucket's graph, CUDA-graph
 recording and the warm-up runs; inductor's codegen and Triton's compiles are skipped.
-compile='aot' keeps AOTInductor packages under <directory>/aot instead (aot.py): a
-start that finds them pays neither tracing nor inductor.
+compile='precompile' and 'aot' keep one file per bucket under <directory>/precompiled
+(precompile.py) or <directory>/aot (aot.py): a start that finds them pays no tracing.
 Failures here are never fatal: the engine compiles from scratch instead, with a warning.
 """
 
@@ -94,14 +94,10 @@ class CompileCache:
         return None if self.directory is None else self.directory / "mega" / f"{self.key}.bin"
 
     @property
-    def packages(self) -> Path | None:
-        """Where compile='aot' keeps its per-bucket packages (aot.py)."""
-        return None if self.directory is None else self.directory / "aot"
-
-    @property
     def package_key(self) -> str:
-        """The key without the bucket set: a package holds one bucket, so adding a bucket
-        to the configuration leaves the others' packages valid."""
+        """The key without the bucket set, for the per-bucket files of compile='precompile'
+        and 'aot' (<directory>/precompiled, <directory>/aot): adding a bucket to the
+        configuration leaves the others' files valid."""
         return cache_key({**self.parts, "buckets": None})
 
     def prepare(self) -> None:

@@ -2,8 +2,9 @@
 
 Static shapes, one graph per bucket: measured 30 % faster than one batch-dynamic graph
 (H100, B=8: 26.3 vs 34.0 ms), at ~1.5 minutes of warm-up per bucket (cached on disk,
-see compile_cache.py). compile='aot' builds the same graphs as AOTInductor packages
-instead, which a later start loads without tracing (aot.py).
+see compile_cache.py). compile='precompile' saves the same graphs with dynamo's
+precompile (precompile.py) and compile='aot' builds them as AOTInductor packages
+(aot.py): a later start loads either without tracing.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.config import DiffusionConfig
-from pipeline.diffusion.aot import AotBuckets, AotStore
+from pipeline.diffusion.aot import AotBuckets, AotStore, GraphStore
+from pipeline.diffusion.precompile import PrecompileStore
 from pipeline.diffusion.schedule import FlowSchedule
 from pipeline.diffusion.stages import DenoiseDecode
 from pipeline.diffusion.unet_opts import install_channels_last, install_fused_projections
@@ -35,10 +38,14 @@ INDUCTOR_SWITCHES: dict[str, dict[str, Any]] = {
 }
 
 
+STORED_MODES = ("precompile", "aot")
+"""Modes whose graphs come from a store on disk (AotBuckets); they compile on the CPU too."""
+
+
 def pick_compile_mode(mode: str, cuda: bool) -> str:
     if mode == "auto":
         return "reduce-overhead" if cuda else "none"
-    if mode != "none" and not cuda:
+    if mode not in ("none", *STORED_MODES) and not cuda:
         log.warning("torch.compile mode %s needs CUDA here; running the UNet eagerly", mode)
         return "none"
     return mode
@@ -47,7 +54,8 @@ def pick_compile_mode(mode: str, cuda: bool) -> str:
 def compile_options(mode: str, switches: tuple[str, ...]) -> dict[str, Any]:
     """torch.compile(options=...) for a mode plus inductor switches (mode and options
     cannot both be passed; reduce-overhead is inductor's triton.cudagraphs option)."""
-    options: dict[str, Any] = {} if mode == "aot" else {"triton.cudagraphs": mode == "reduce-overhead"}
+    # Stored graphs are CUDA-graphed by hand (AotBuckets), not by inductor.
+    options: dict[str, Any] = {} if mode in STORED_MODES else {"triton.cudagraphs": mode == "reduce-overhead"}
     for name in switches:
         options.update(INDUCTOR_SWITCHES[name])
     return options
@@ -62,7 +70,8 @@ class DenoiseStage:
         size: int,
         config: DiffusionConfig,
         cuda: bool,
-        aot_store: AotStore | None = None,
+        store_dir: Path | None = None,
+        store_key: str = "uncached",
     ):
         self._undo: list[Callable[[], None]] = [install_channels_last(config.channels_last, unet, vae)]
         if config.fuse_qkv:
@@ -73,17 +82,25 @@ class DenoiseStage:
         self.switches = config.inductor
         self._fn: Callable[..., torch.Tensor] = self.eager
         self.aot: AotBuckets | None = None
-        self._aot_store = aot_store
+        """The stored graphs of compile='precompile' or 'aot'."""
+        self._store_dir, self._store_key = store_dir, store_key
         self._compile()
+
+    def _store(self) -> GraphStore:
+        """<compile cache>/precompiled or /aot; a temporary directory without a cache."""
+        where = self._store_dir
+        if self.mode == "precompile":
+            return PrecompileStore(None if where is None else where / "precompiled", self._store_key)
+        return AotStore(None if where is None else where / "aot", self._store_key)
 
     def _compile(self) -> None:
         self._fn = self.eager
         if self.aot is not None:
             self.aot.close()
             self.aot = None
-        if self.mode == "aot":
-            store = self._aot_store or AotStore(None, "uncached")
-            self.aot = AotBuckets(self.eager, store, compile_options("aot", self.switches), self.cuda)
+        if self.mode in STORED_MODES:
+            options = compile_options(self.mode, self.switches)
+            self.aot = AotBuckets(self.eager, self._store(), options, self.cuda)
             self._fn = self.aot
         elif self.mode != "none":
             self._fn = torch.compile(self.eager, dynamic=False, options=compile_options(self.mode, self.switches))
@@ -94,8 +111,9 @@ class DenoiseStage:
         then compiling altogether. False once nothing is left to drop."""
         if self.mode == "none":
             return False
-        if self.mode == "aot":
-            log.warning("UNet AOTInductor package failed (%s); compiling with torch.compile instead", exc)
+        if self.mode in STORED_MODES:
+            kind = self.aot.store.kind if self.aot is not None else self.mode
+            log.warning("UNet compile as a stored %s failed (%s); compiling with torch.compile instead", kind, exc)
             self.mode = "reduce-overhead" if self.cuda else "none"
         elif self.switches:
             log.warning("UNet compile with inductor switches %s failed (%s); retrying without", self.switches, exc)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from pipeline.diffusion.denoise_stage import STORED_MODES
 from pipeline.messages import FrameIn
 
 if TYPE_CHECKING:
@@ -40,10 +41,13 @@ def warm_up(backend: DiffusionBackend, progress: Callable[[str], None]) -> None:
         while n < len(buckets):
             b = buckets[n]
             n += 1
-            aot, where = backend.denoise.aot, mega
-            if aot is not None:  # packages are cached per bucket (and aot can degrade to torch.compile)
-                where = "cached package" if aot.store.cached(b) else "first start, building a package"
-            progress(f"batch bucket {b} ({n}/{len(buckets)}): compiling (compile={backend.denoise.mode}, {where})")
+            aot, doing, where = backend.denoise.aot, "compiling", mega
+            if aot is not None:  # stored per bucket (and a stored mode can degrade to torch.compile)
+                kind = aot.store.kind
+                doing, where = (
+                    ("loading", f"cached {kind}") if aot.store.cached(b) else (doing, f"first start, building a {kind}")
+                )
+            progress(f"batch bucket {b} ({n}/{len(buckets)}): {doing} (compile={backend.denoise.mode}, {where})")
             t0 = time.monotonic()
             frames = [FrameIn(WARMUP_SESSION, image, 0, Fraction(1, 90000), 0.0)] * b
             capture_side_graphs(backend, b, first=n == 1)
@@ -53,7 +57,7 @@ def warm_up(backend: DiffusionBackend, progress: Callable[[str], None]) -> None:
             progress(f"batch bucket {b} ({n}/{len(buckets)}) ready in {time.monotonic() - t0:.1f} s")
     finally:
         backend.close_session(WARMUP_SESSION)
-    if backend.denoise.mode not in ("none", "aot"):  # aot: the packages are the cache
+    if backend.denoise.mode not in ("none", *STORED_MODES):  # their stores are the cache
         cache.save()
     progress(f"ready: {len(buckets)} buckets in {time.monotonic() - t_start:.1f} s")
 
