@@ -40,7 +40,7 @@ MAX_LEVELS = 16
 """Largest per-pixel uint8 difference allowed against the bf16 reference (random
 weights amplify bf16 rounding in a few pixels; the mean must stay <= 1 level)."""
 CHECK_BUCKET = 8
-OPTIMISED = {"fuse_qkv": True}
+OPTIMISED: dict[str, Any] = {"fuse_qkv": True}
 """Switches that are off by default, verified here on top of the defaults."""
 
 REPO = Path(__file__).resolve().parent.parent
@@ -386,7 +386,7 @@ def run_child(kind: str, args: argparse.Namespace, cache: Path, out: Path) -> su
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHINDUCTOR_CACHE", "TRITON_CACHE"))}
     env["PYTHONUNBUFFERED"] = "1"
     cmd = [sys.executable, "-m", "bench.gpu_check", "--child", kind, "--reference", str(args.reference)]
-    cmd += ["--cache", str(cache), "--child-out", str(out), "--buckets", args.buckets]
+    cmd += ["--cache", str(cache), "--child-out", str(out), "--buckets", args.buckets, "--fp8", args.fp8]
     cmd += ["--smoke"] if SMOKE["on"] else []
     return subprocess.Popen(cmd, cwd=REPO, env=env)
 
@@ -446,12 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--buckets", default=str(CHECK_BUCKET), help="buckets the children compile (default 8)")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny components: the script's logic only (CI)")
     p.add_argument("--only", default="", help="comma-separated in-process checks to run (text, streams); no children")
+    p.add_argument("--fp8", choices=("off", "linear"), default="off", help="also FP8 linear layers (--fp8 of serve)")
     p.add_argument("--child", choices=("first", "second"), help=argparse.SUPPRESS)
     p.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     buckets = tuple(int(x) for x in args.buckets.split(","))
     SMOKE["on"] = args.smoke
+    if args.fp8 != "off":  # checked against the same bf16 reference as the other switches
+        OPTIMISED["fp8"] = args.fp8
     if args.child:
         child(args.child, args.reference, args.cache, args.child_out, buckets)
         return 0
@@ -482,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     if "b" in holder:
         check("oom_recover", lambda: check_recover(holder["b"]))
         holder["b"].close()
-    report("INFO", "fp8", "skipped: torchao is not installed on the GPU image (and not in its package list)")
+    if args.fp8 == "off":
+        report("INFO", "fp8", "not checked: run with --fp8 linear to check the FP8 layers against the bf16 reference")
     first_rc = wait(first, 420)
     second_data = None
     if first_rc == 0:

@@ -18,6 +18,7 @@ TextMode = Literal["every", "refresh", "once", "prompt"]
 TEXT_MODES: tuple[str, ...] = ("every", "refresh", "once", "prompt")
 COMPILE_MODES: tuple[str, ...] = ("auto", "reduce-overhead", "precompile", "aot", "default", "none")
 CHANNELS_LAST_CHOICES: tuple[str, ...] = ("off", "vae", "all")
+FP8_CHOICES: tuple[str, ...] = ("off", "linear")
 INDUCTOR_CHOICES: tuple[str, ...] = ("conv1x1_mm", "coordinate_descent", "no_epilogue_fusion")
 
 
@@ -88,6 +89,10 @@ class DiffusionConfig:
     """Channels-last weights: 'off', 'vae' (TAESD encoder/decoder) or 'all' (also the UNet)."""
     fuse_qkv: bool = False
     """Fused attention projections in the UNet (q/k/v of self-attention, k/v of cross-attention)."""
+    fp8: str = "off"
+    """'linear': the UNet transformer blocks' large linear layers as FP8 (E4M3) products
+    with row-wise scales (pipeline/diffusion/fp8.py; needs a GPU with FP8 tensor cores for
+    speed); 'off': bf16 throughout."""
     inductor: tuple[str, ...] = ("conv1x1_mm",)
     """Inductor switches for the UNet graph: conv1x1_mm, coordinate_descent (longer first
     compile), no_epilogue_fusion."""
@@ -135,6 +140,8 @@ class DiffusionConfig:
                 f"channels_last {self.channels_last!r} is not known; use one of "
                 f"{', '.join(CHANNELS_LAST_CHOICES)} (--channels-last)"
             )
+        if self.fp8 not in FP8_CHOICES:
+            raise ConfigError(f"fp8 {self.fp8!r} is not known; use one of {', '.join(FP8_CHOICES)} (--fp8)")
         unknown = [s for s in self.inductor if s not in INDUCTOR_CHOICES]
         if unknown:
             raise ConfigError(

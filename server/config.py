@@ -22,6 +22,7 @@ from pipeline.config import (
     CHANNELS_LAST_CHOICES,
     COMPILE_MODES,
     ENGINE_KINDS,
+    FP8_CHOICES,
     INDUCTOR_CHOICES,
     TEXT_MODES,
     ConfigError,
@@ -392,6 +393,7 @@ SPEED_SWITCHES = (
     "text_compile",
     "channels_last",
     "fuse_qkv",
+    "fp8",
     "inductor",
     "stream_priorities",
 )
@@ -427,6 +429,7 @@ def add_speed_switches(g: Any) -> None:
         type=_flag,
         help=_help("fused UNet attention projections, 1/0", "fuse_qkv", default=str(int(d.fuse_qkv))),
     )
+    g.add_argument("--fp8", choices=FP8_CHOICES, help=_help("FP8 linear layers in the UNet", "fp8"))
     g.add_argument(
         "--inductor",
         type=_names,
@@ -706,6 +709,7 @@ _DIFFUSION_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "text_compile": ("LIVESTYLE_TEXT_COMPILE", _flag, "text_compile"),
     "channels_last": ("LIVESTYLE_CHANNELS_LAST", str, "channels_last"),
     "fuse_qkv": ("LIVESTYLE_FUSE_QKV", _flag, "fuse_qkv"),
+    "fp8": ("LIVESTYLE_FP8", str, "fp8"),
     "inductor": ("LIVESTYLE_INDUCTOR", _names, "inductor"),
     "stream_priorities": ("LIVESTYLE_STREAM_PRIORITIES", _flag, "stream_priorities"),
     "compile_cache": ("LIVESTYLE_COMPILE_CACHE", _optional_path, "compile_cache_dir"),

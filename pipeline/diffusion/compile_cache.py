@@ -53,7 +53,8 @@ def engine_cache_parts(
     facts = describe_device(device)
     facts.pop("gpu_memory_gb", None)
     fields = ("steps", "text_tokens", "text_image_size", "compile", "lllite", "lllite_blocks", "channels_last")
-    fields += ("fuse_qkv", "inductor", "text_compile", "text_prefix_cache", "text_length_step", "stream_priorities")
+    fields += ("fuse_qkv", "fp8", "inductor", "text_compile", "text_prefix_cache", "text_length_step")
+    fields += ("stream_priorities",)
     return {
         **facts,
         "triton": package_version("triton"),

@@ -19,6 +19,7 @@ import torch
 
 from pipeline.config import DiffusionConfig
 from pipeline.diffusion.aot import AotBuckets, AotStore, GraphStore
+from pipeline.diffusion.fp8 import install_fp8_linear
 from pipeline.diffusion.precompile import PrecompileStore
 from pipeline.diffusion.schedule import FlowSchedule
 from pipeline.diffusion.stages import DenoiseDecode
@@ -76,6 +77,8 @@ class DenoiseStage:
         self._undo: list[Callable[[], None]] = [install_channels_last(config.channels_last, unet, vae)]
         if config.fuse_qkv:
             self._undo.append(install_fused_projections(unet))
+        if config.fp8 == "linear":  # after fusing: the fused projections are converted too
+            self._undo.append(install_fp8_linear(unet))
         self.eager = DenoiseDecode(unet, vae, schedule, size)
         self.cuda = cuda
         self.mode = pick_compile_mode(config.compile, cuda)
