@@ -257,3 +257,60 @@ def test_the_engine_warms_up_from_saved_graphs(tmp_path: Path, monkeypatch) -> N
         diff = np.abs(out.astype(np.int16) - ref.astype(np.int16))
         assert diff.mean() <= 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
     np.testing.assert_array_equal(got, got2)
+
+
+def test_the_vae_encoders_graph_is_saved_and_loaded_without_tracing(tmp_path: Path, monkeypatch) -> None:
+    """compile='precompile' also stores the side stream's VAE-encoder graph per bucket (a
+    torch.compile start traces it again for every bucket)."""
+    from pipeline.diffusion.stages import EncodeReference, encode_reference
+
+    vae = build_tiny_vae(0)
+    frames = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255
+    first = AotBuckets(EncodeReference(vae), PrecompileStore(tmp_path, "k-encode"), {}, cuda=False)
+    with torch.inference_mode():
+        built = first(frames)
+    assert first.built == [2] and (tmp_path / "k-encode-b2.bin").is_file()
+
+    import torch._dynamo.aot_compile as aot_compile
+
+    monkeypatch.setattr(aot_compile, "aot_compile_fullgraph", lambda *a, **k: pytest.fail("traced again"))
+    again = AotBuckets(EncodeReference(vae), PrecompileStore(tmp_path, "k-encode"), {}, cuda=False)
+    with torch.inference_mode():
+        loaded = again(frames)
+    assert again.built == []
+    want = encode_reference(vae, frames)
+    torch.testing.assert_close(built, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(loaded, built, rtol=0, atol=0)
+
+
+def test_a_failing_encoder_store_falls_back_to_torch_compile(monkeypatch, caplog) -> None:
+    """The VAE encoder's stored graph failing (an old torch, a save error) must cost the
+    torch.compile route, not the CUDA graph: eager launches cost the engine thread several
+    ms per step. cuda is only named here: capture is faked to one call on the CPU."""
+    from pipeline.diffusion import stages
+
+    captured: list[object] = []
+
+    class FakeGraphedCall:
+        def __init__(self, fn, inputs):
+            fn(*inputs)
+            captured.append(fn)
+
+    monkeypatch.setattr(stages, "GraphedCall", FakeGraphedCall)
+    fallback = object()
+
+    def torch_compiled(self):
+        def run(frames):
+            return frames
+
+        run.marker = fallback  # type: ignore[attr-defined]
+        return run
+
+    monkeypatch.setattr(stages.ReferenceEncoder, "_torch_compiled", torch_compiled)
+    monkeypatch.delattr(torch.compiler, "load_compiled_function")  # the store cannot work
+    encoder = stages.ReferenceEncoder(build_tiny_vae(0), torch.device("cuda"), True, PrecompileStore(None, "k"))
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        encoder.capture(torch.zeros(1, 3, 64, 64))
+    assert "VAE-encoder precompiled graph failed" in caplog.text
+    assert getattr(captured[-1], "marker", None) is fallback
+    encoder.close()

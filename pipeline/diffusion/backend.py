@@ -38,6 +38,7 @@ from pipeline.diffusion.conditioning import TextStage
 from pipeline.diffusion.denoise_stage import STORED_MODES, DenoiseStage
 from pipeline.diffusion.device import describe_device, peak_memory_mb
 from pipeline.diffusion.loading import Components
+from pipeline.diffusion.precompile import PrecompileStore
 from pipeline.diffusion.schedule import FlowSchedule
 from pipeline.diffusion.stages import ReferenceEncoder
 from pipeline.diffusion.streams import KeepAlive, StreamSet
@@ -107,11 +108,14 @@ class DiffusionBackend:
         text_buckets = [b for b in BATCH_BUCKETS if b <= max(self._buckets)]
         self.text_stage = TextStage(self.text, self.streams, text_buckets, use_graphs=config.compile != "none")
         self.planner = TextPlanner(config, self.text, self.text_stage, self.streams, self.keep)
-        self.reference_encoder = ReferenceEncoder(c.vae, device, optimise=config.compile != "none")
+        cache = self.compile_cache
+        encoder_store = None
+        if config.compile == "precompile" and self.cuda:  # the VAE encoder's graphs beside the UNet's
+            encoder_store = PrecompileStore.beside(cache.directory, f"{cache.package_key}-encode")
+        self.reference_encoder = ReferenceEncoder(c.vae, device, config.compile != "none", encoder_store)
         # Installed before the graph is compiled: the adapter is part of the one UNet graph.
         self.adapter = AdapterStage.build(config, c.unet, max(self._buckets), self.latent, self.size, device)
         schedule = FlowSchedule.from_scheduler(c.scheduler, config.steps, self.latent, self.latent)
-        cache = self.compile_cache
         stage_args = (c.unet, c.vae, schedule, self.size, config, self.cuda)
         self.denoise = DenoiseStage(*stage_args, store_dir=cache.directory, store_key=cache.package_key)
         self.uploader = FrameUploader(self.streams, device, self.size, self.max_batch)
@@ -283,5 +287,6 @@ class DiffusionBackend:
             self.adapter.close_all()
             self.adapter.bank.remove(self._unet)  # the UNet is shared with whoever built it
         self.denoise.close()
+        self.reference_encoder.close()
         self._sessions.clear()
         self.planner.clear()

@@ -93,7 +93,7 @@ class DenoiseStage:
         """<compile cache>/precompiled or /aot; a temporary directory without a cache."""
         where = self._store_dir
         if self.mode == "precompile":
-            return PrecompileStore(None if where is None else where / "precompiled", self._store_key)
+            return PrecompileStore.beside(where, self._store_key)
         return AotStore(None if where is None else where / "aot", self._store_key)
 
     def _compile(self) -> None:

@@ -42,10 +42,11 @@ from pipeline.diffusion.aot import AotUnavailable, prune
 
 log = logging.getLogger(__name__)
 
-MAX_FILES = 20
-"""Precompiled graphs kept (one per configuration and bucket; megabytes each: the graph's
-code and the sources it traced, no weights): four configurations of five buckets. The
-least recently built or loaded beyond this are deleted."""
+MAX_FILES = 40
+"""Precompiled graphs kept (per configuration and bucket one of the UNet+decode graph and
+one of the VAE encoder; megabytes each: the graph's code and the sources it traced, no
+weights): four configurations of five buckets. The least recently built or loaded beyond
+this are deleted."""
 
 SUFFIX = ".bin"
 
@@ -142,6 +143,11 @@ class PrecompileStore:
         self._temporary = directory is None
         self.directory = Path(tempfile.mkdtemp(prefix="livestyle-precompile-")) if directory is None else directory
         self.key = key
+
+    @classmethod
+    def beside(cls, cache_directory: Path | None, key: str) -> PrecompileStore:
+        """The store under a compile-cache directory (<directory>/precompiled)."""
+        return cls(None if cache_directory is None else cache_directory / "precompiled", key)
 
     def path(self, bucket: int) -> Path:
         return self.directory / f"{self.key}-b{bucket}{SUFFIX}"

@@ -10,6 +10,8 @@ shift) * 0.5 + 0.5 clamped to [0, 1].
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,8 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.diffusion.aot import AotBuckets, GraphStore
 from pipeline.diffusion.graphs import GraphedCall
 from pipeline.diffusion.schedule import FlowSchedule
+
+log = logging.getLogger(__name__)
 
 
 def square_frame(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -41,31 +46,68 @@ def host_crop(image: np.ndarray) -> np.ndarray:
     return image[y0 : y0 + side, x0 : x0 + side]
 
 
+def _encode(vae: Any, frames: torch.Tensor) -> torch.Tensor:
+    x = (frames / 255.0) * 2.0 - 1.0
+    return vae.encode(x.to(vae.dtype)).latents
+
+
 @torch.inference_mode()
 def encode_reference(vae: Any, frames: torch.Tensor) -> torch.Tensor:
     """(B, 3, S, S) float [0, 255] -> reference latents (B, 4, S/8, S/8) in the VAE's dtype."""
-    x = (frames / 255.0) * 2.0 - 1.0
-    return vae.encode(x.to(vae.dtype)).latents
+    return _encode(vae, frames)
+
+
+class EncodeReference(nn.Module):
+    """encode_reference as a module: what compile='precompile' saves per bucket (the
+    module is the saved graph's argument, so the VAE's weights are read live)."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return _encode(self.vae, frames)
 
 
 class ReferenceEncoder:
     """encode_reference, on CUDA compiled (inductor, no CUDA graphs of its own) and captured
     as one CUDA graph per batch bucket: it runs on the side stream, where eager launches
-    would cost the engine thread several milliseconds per step."""
+    would cost the engine thread several milliseconds per step. With a store
+    (compile='precompile') each bucket's graph is saved and a later start loads it
+    instead of tracing it; a store that fails falls back to torch.compile."""
 
-    def __init__(self, vae: Any, device: torch.device, optimise: bool) -> None:
+    def __init__(self, vae: Any, device: torch.device, optimise: bool, store: GraphStore | None = None) -> None:
         self.vae = vae
         self.optimise = optimise and device.type == "cuda"
-        self._compiled = (
-            torch.compile(functools.partial(encode_reference, vae), mode="default", dynamic=False)
-            if self.optimise
-            else None
-        )
+        self._stored: AotBuckets | None = None
+        self._compiled: Callable[..., torch.Tensor] | None = None
+        if self.optimise and store is not None:
+            self._stored = AotBuckets(EncodeReference(vae), store, {}, cuda=False)  # captured below, not there
+            self._compiled = self._stored
+        elif self.optimise:
+            self._compiled = self._torch_compiled()
         self._graphs: dict[int, GraphedCall] = {}
 
+    def _torch_compiled(self) -> Callable[..., torch.Tensor]:
+        return torch.compile(functools.partial(encode_reference, self.vae), mode="default", dynamic=False)
+
     def capture(self, example: torch.Tensor) -> None:
-        if self._compiled is not None and example.shape[0] not in self._graphs:
+        if self._compiled is None or example.shape[0] in self._graphs:
+            return
+        try:
             self._graphs[example.shape[0]] = GraphedCall(self._compiled, [example])
+        except Exception as exc:
+            if self._stored is None:
+                raise
+            log.warning("VAE-encoder %s failed (%s); compiling it with torch.compile", self._stored.store.kind, exc)
+            self.close()
+            self._compiled = self._torch_compiled()
+            self._graphs[example.shape[0]] = GraphedCall(self._compiled, [example])
+
+    def close(self) -> None:
+        if self._stored is not None:
+            self._stored.close()
+            self._stored = None
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         graph = self._graphs.get(frames.shape[0])
