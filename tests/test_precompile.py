@@ -158,6 +158,18 @@ def test_a_damaged_file_is_built_again(built: Path, tmp_path: Path, caplog) -> N
     assert not list(directory.glob(".tmp-*")), "the temporary file was renamed into place"
 
 
+def test_a_graph_whose_guards_refuse_the_engines_inputs_is_built_again(built: Path, tmp_path: Path, caplog) -> None:
+    """The graph was traced on inference tensors; called with ordinary ones its guards
+    fail. That must rebuild the bucket at warm-up, not fail a step later."""
+    module = gated()
+    buckets = AotBuckets(module, PrecompileStore(copy_store(built, tmp_path), "key"), {}, cuda=False)
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        got = buckets(*inputs())
+        torch.testing.assert_close(got, module(*inputs()), rtol=1e-5, atol=1e-5)
+    assert buckets.built == [2]
+    assert "GuardManager check failed" in caplog.text
+
+
 def test_a_graph_is_built_again_when_a_function_it_traced_changed(
     built: Path, gated_dir: Path, tmp_path: Path, caplog
 ) -> None:

@@ -206,20 +206,26 @@ class AotBuckets:
             # tensors in the engine): build from such copies too, as dynamo's guards on a
             # precompiled graph compare the tensors' dispatch keys with the traced ones.
             inputs = [t.clone() for t in inputs]
-        runner = None
         if self.store.cached(bucket):
             try:
-                runner = self.store.load(self.module, bucket)
+                return self._ready(self.store.load(self.module, bucket), inputs)
             except AotUnavailable:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a stale or damaged package: build it again
+            except Exception as exc:  # noqa: BLE001 - a stale or damaged graph: build it again
                 kind = self.store.kind
                 log.warning("compiled %s for bucket %d could not be loaded (%s); compiling it again", kind, bucket, exc)
-        if runner is None:
-            self.store.build(self.module, inputs, self.options)
-            self.built.append(bucket)
-            runner = self.store.load(self.module, bucket)
-        return GraphedCall(runner, inputs) if self.cuda else runner
+        self.store.build(self.module, inputs, self.options)
+        self.built.append(bucket)
+        return self._ready(self.store.load(self.module, bucket), inputs)
+
+    def _ready(self, runner: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> Callable[..., Any]:
+        """Captured on CUDA; on the CPU run once. Either way a loaded graph that refuses
+        these inputs (a precompiled graph's guards) fails here, where it is rebuilt, not
+        in a later step."""
+        if self.cuda:
+            return GraphedCall(runner, inputs)
+        runner(*inputs)
+        return runner
 
     def close(self) -> None:
         self._graphs.clear()
