@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from gated_module import Gated, inputs
 
 from pipeline.config import DiffusionConfig
 from pipeline.diffusion import aot
@@ -22,27 +22,6 @@ from pipeline.diffusion.schedule import FlowSchedule
 from pipeline.diffusion.tiny import build_tiny_unet, build_tiny_vae
 
 pytestmark = [pytest.mark.diffusion, pytest.mark.timeout(600)]
-
-
-class Gated(nn.Module):
-    """A conv, a linear layer and two buffers written between calls, like the adapter's
-    per-session state: `gate` is small enough that inductor would inline it as literals."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.lin = nn.Linear(8, 8)
-        self.register_buffer("gate", torch.ones(8))
-        self.register_buffer("bias_map", torch.zeros(2, 8, 8, 8))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x).permute(0, 2, 3, 1)
-        return self.lin(y) * self.gate + self.bias_map[: x.shape[0]]
-
-
-def inputs(batch: int = 2) -> tuple[torch.Tensor]:
-    return (torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(batch)),)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gated_module import inputs
 
 from pipeline.config import DiffusionConfig
 from pipeline.diffusion.aot import AotBuckets, AotUnavailable
@@ -27,33 +28,9 @@ pytestmark = [pytest.mark.diffusion, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# A module in its own file, so that a test can change its source as an upgrade would.
-GATED_SOURCE = '''
-import torch
-from torch import nn
-
-
-class Gated(nn.Module):
-    """A conv, a linear layer and two buffers written between calls (like the adapter's
-    per-session state), and a non-tensor attribute (like the schedule's sigmas)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.lin = nn.Linear(8, 8)
-        self.register_buffer("gate", torch.ones(8))
-        self.register_buffer("bias_map", torch.zeros(2, 8, 8, 8))
-        self.scale = 0.5
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x).permute(0, 2, 3, 1)
-        return self.lin(y) * self.gate * self.scale + self.bias_map[: x.shape[0]]
-'''
-
-
-def inputs(batch: int = 2) -> tuple[torch.Tensor]:
-    return (torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(batch)),)
+# The module in a file of its own (a copy of tests/gated_module.py), so that a test can
+# change its source as an upgrade would.
+GATED_SOURCE = (Path(__file__).parent / "gated_module.py").read_text()
 
 
 @pytest.fixture(scope="module")
