@@ -39,6 +39,7 @@ PROBE_GAP = VIDEO_CLOCK  # pts between anchor probes (one second of media time)
 PROBE_OFFSET = 300  # ticks: probe k sits k * PROBE_OFFSET off the stream's 3000-tick grid
 MAX_PROBES = 5  # offsets 0..1200 stay distinct modulo the grid (and under half a step)
 PTS_TOLERANCE = 100  # ticks a received pts may sit off its grid point (rebasing rounds)
+CONNECT_S = 10.0  # seconds from the answer until the data channel must be open
 
 
 def read_clip(path: Path) -> list[np.ndarray]:
@@ -190,7 +191,19 @@ class LoopbackClient:
             if resp.status != 200:
                 raise RuntimeError(f"offer failed {resp.status}: {self.answer}")
         await self.pc.setRemoteDescription(RTCSessionDescription(self.answer["sdp"], self.answer["type"]))
-        await asyncio.wait_for(self._channel_open.wait(), 10)
+        try:
+            await asyncio.wait_for(self._channel_open.wait(), CONNECT_S)
+        except TimeoutError:
+            raise TimeoutError(self.not_connected()) from None
+
+    def not_connected(self) -> str:
+        """Why the data channel did not open, in terms a reader can act on."""
+        ours = self.pc.localDescription.sdp.count("a=candidate:")
+        theirs = str(self.answer.get("sdp", "")).count("a=candidate:")
+        return (
+            f"data channel not open {CONNECT_S:.0f} s after the answer: ICE {self.pc.iceConnectionState}, "
+            f"{ours} candidate(s) in our offer, {theirs} in the server's answer"
+        )
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         self._tasks.append(asyncio.create_task(self._read(track)))

@@ -5,6 +5,7 @@ WebRTC load runs against the first server."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -14,6 +15,7 @@ from bench.run import BUDGET, ResultsFile, RunClock
 from bench.serve_process import ServeProcess, free_port, serve_argv
 from bench.webrtc_load import WebrtcRun
 from server.config import switch_argv
+from signaling.ice import unreachable_reason
 
 
 def serve_args(config: BenchConfig) -> list[str]:
@@ -72,6 +74,12 @@ class ServeScenarios:
         to the last server started, so the warm-up numbers are in before them."""
         c = self.config
         warmup = "warmup" in c.scenarios
+        if "webrtc" in c.scenarios and (why := unreachable_reason()) is not None:
+            # Found before any server starts: else every client times out after its wait.
+            self.out.skip("webrtc", why)
+            c = dataclasses.replace(c, scenarios=tuple(s for s in c.scenarios if s != "webrtc"))
+            if not warmup:
+                return
         self.clock.begin("serve:first", required=True)
         server: ServeProcess | None
         server, record = self.start("first start" if warmup else "webrtc server")

@@ -84,6 +84,16 @@ def listening_lines(host: str, port: int, scheme: str) -> list[str]:
     return [f"listening on {shown}:{port}", f"open {scheme}://{shown}:{port}"]
 
 
+def unreachable_warning(config: ServerConfig) -> str | None:
+    """What to log at start when this server's own peer connections can reach no one (a
+    server that places every session on its media processes has none)."""
+    from signaling.ice import unreachable_reason
+
+    if config.cluster.place_on or (why := unreachable_reason(config.ice_servers)) is None:
+        return None
+    return f"WebRTC sessions cannot connect: {why}"
+
+
 def serve(config: ServerConfig) -> None:
     from server.app import create_app, engine_spec_of, server_options  # imports aiortc: only when serving
 
@@ -104,6 +114,8 @@ def serve(config: ServerConfig) -> None:
     bound_port = sock.getsockname()[1]
     for line in listening_lines(config.host, bound_port, "https" if ssl_context else "http"):
         log.info("%s", line)
+    if (warning := unreachable_warning(config)) is not None:
+        log.warning("%s", warning)  # else each offer just times out, with nothing in the log
     web.run_app(
         create_app(config, spec),
         sock=sock,

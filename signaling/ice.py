@@ -19,3 +19,31 @@ class IceServer:
         if self.credential is not None:
             data["credential"] = self.credential
         return data
+
+
+NO_HOST_ADDRESS = (
+    "this machine has no network address besides 127.0.0.1, and aiortc (aioice) gathers ICE host "
+    "candidates from every address except that one, so no WebRTC peer can connect to or from it"
+)
+"""Why a WebRTC session cannot connect on such a host (a bare container or VM)."""
+
+NO_HOST_ADDRESS_REMEDY = (
+    "give it one (as root, for a loopback-only test: `ip addr add 127.0.0.2/32 dev lo`), "
+    "or configure a TURN server (--turn-url, --ice-server)"
+)
+
+
+def host_addresses() -> list[str]:
+    """The addresses aioice will offer as host candidates (its own rule, so the answer is
+    the one a peer connection gets)."""
+    from aioice.ice import get_host_addresses
+
+    return list(get_host_addresses(use_ipv4=True, use_ipv6=True))
+
+
+def unreachable_reason(ice_servers: tuple[IceServer, ...] = ()) -> str | None:
+    """Why no peer can connect (no host candidate and no relay to fall back to), else None."""
+    if host_addresses():
+        return None
+    relayed = any(url.startswith(("turn:", "turns:")) for s in ice_servers for url in s.urls)
+    return None if relayed else f"{NO_HOST_ADDRESS}; {NO_HOST_ADDRESS_REMEDY}"
