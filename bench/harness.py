@@ -89,8 +89,10 @@ class BenchConfig:
     """torch.compile mode."""
     size: int = 512
     """Frame side of the in-process scenarios (clips are resized if they differ)."""
-    buckets: tuple[int, ...] | None = (1, 8, 16)
-    """Batch buckets the in-process engine compiles (None = all up to the largest needed)."""
+    buckets: tuple[int, ...] | None = None
+    """Batch buckets the in-process engine compiles (None = every bucket up to the largest
+    needed, as a server has: the sessions rows with fewer buckets pad more and measure a
+    layout no server runs)."""
     tag: str = ""
     """Extra text for the results file name."""
     budget_s: float | None = None

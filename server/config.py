@@ -871,7 +871,12 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
     p.add_argument("--compile", choices=COMPILE_MODES, default=b.compile, help="torch.compile mode")
     p.add_argument("--size", type=int, default=b.size, help="frame side of the in-process scenarios")
     p.add_argument("--tag", default=b.tag, help="extra text for the results file name")
-    p.add_argument("--buckets", type=_int_list, default=b.buckets, help="batch buckets the in-process engine compiles")
+    p.add_argument(
+        "--buckets",
+        type=_int_list,
+        default=b.buckets,
+        help="batch buckets the in-process engine compiles (default: every one up to the largest needed, as a server)",
+    )
     p.add_argument("--budget-s", type=float, default=None, help="skip steps that would overrun this many seconds")
     p.add_argument("--adapter-blocks", default=",".join(b.adapter_blocks), help="down_blocks and/or all")
     p.add_argument("--adapter-refresh", type=_int_list, default=b.adapter_refresh, help="adapter refresh periods")
@@ -921,6 +926,8 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
     if not all((args.batches, args.sessions, args.webrtc_clients)) or any(not 1 <= n <= 16 for n in counts):
         raise ConfigError(f"--batches, --sessions and --webrtc-clients take counts of 1..16, got {list(counts)}")
     for flag, values in (("--buckets", args.buckets), ("--serve-buckets", args.serve_buckets)):
+        if values is None and flag == "--buckets":
+            continue
         if not values or any(v not in BATCH_BUCKETS for v in values):
             raise ConfigError(f"{flag} {values} is not allowed; use a subset of {BATCH_BUCKETS}")
     if not 0 <= args.media_processes <= 16:

@@ -5,6 +5,7 @@ out-of-memory recovery, the compile cache and the warm-up progress run end to en
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -335,6 +336,24 @@ def test_the_mega_cache_keeps_a_bounded_number_of_entries(tmp_path):
     assert sorted(p.stem for p in tmp_path.glob("*.bin")) == [f"k{n}" for n in range(2, 10)]
     assert not (tmp_path / "k0.json").exists() and (tmp_path / "k2.json").exists()
     assert prune(tmp_path, keep=8) == []
+
+
+def test_stored_modes_neither_load_nor_announce_a_mega_cache_entry(tmp_path, caplog, monkeypatch):
+    """--compile precompile/aot keep their graphs per bucket and never write a mega-cache
+    entry: their start must not claim "first start of this configuration" every time, nor
+    read a stale entry of the same key."""
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.setenv(var, "")  # restored after the test; prepare() points them at tmp_path
+    caplog.set_level(logging.INFO, logger="pipeline.diffusion.compile_cache")
+    cache = CompileCache(str(tmp_path), {"x": 1})
+    (tmp_path / "mega").mkdir()
+    assert cache.file is not None
+    cache.file.write_bytes(b"not a cache")
+    cache.prepare(mega=False)
+    assert not cache.loaded and "stored per bucket" in caplog.text and "first start" not in caplog.text
+    assert str(cache.file) not in caplog.text and os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "triton")
+    cache.prepare()  # the torch.compile modes do read it (torch takes the junk with a warning)
+    assert str(cache.file) in caplog.text
 
 
 def test_unusable_cache_directory_is_a_warning_not_a_failure(tmp_path, caplog):

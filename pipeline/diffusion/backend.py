@@ -87,7 +87,7 @@ class DiffusionBackend:
         # On the CPU only the stored modes compile (the others run eagerly there).
         compiles = config.compile != "none" and (self.cuda or config.compile in STORED_MODES)
         self.compile_cache = CompileCache(config.compile_cache_dir if compiles else None, parts)
-        self.compile_cache.prepare()  # before the first torch.compile call below
+        self.compile_cache.prepare(mega=config.compile not in STORED_MODES)  # before any torch.compile call
         self._unet, self.dtype = c.unet, c.unet.dtype
         self.latent = self.size // (2 ** (len(c.vae.config.encoder_block_out_channels) - 1))
         if self.cuda:

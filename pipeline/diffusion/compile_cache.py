@@ -101,9 +101,10 @@ class CompileCache:
         configuration leaves the others' files valid."""
         return cache_key({**self.parts, "buckets": None})
 
-    def prepare(self) -> None:
+    def prepare(self, mega: bool = True) -> None:
         """Point inductor/Triton at the directory and hot-load the mega-cache (before
-        the first torch.compile call runs)."""
+        the first torch.compile call runs). mega=False (the stored modes, whose graphs
+        are files per bucket): the directories only."""
         if self.directory is None:
             return
         try:
@@ -126,6 +127,9 @@ class CompileCache:
         except Exception as exc:  # noqa: BLE001 - a cache is an optimisation
             log.warning("compile cache %s is not usable (%s); compiling without it", self.directory, exc)
             self.directory = None
+            return
+        if not mega:
+            log.info("compile cache: %s (graphs stored per bucket; no mega-cache entry)", self.directory)
             return
         file = self.file
         if file is None or not file.is_file():
