@@ -29,6 +29,7 @@ from test_browser import (  # noqa: F401 - fixtures and helpers shared with the 
     LivePage,
     browser,
     capture,
+    capture_until,
     fake_camera,
     open_page,
     playwright,
@@ -171,10 +172,14 @@ def test_reroll_gives_a_new_take_and_own_prompts_become_chips(live: LivePage) ->
     seed = page.evaluate("window.livestyle.seed()")
     assert page.text_content("#prompt-status") == f"New take (seed {seed})."
     page.wait_for_timeout(1000)  # frames made after the reroll have come back
-    shot = capture(live)
     new, old = style_for_prompt(custom, seed), style_for_prompt(custom)
-    to_new = min(mean_abs_diff(shot.remote, stylize_image(f, new)) for f in shot.local)
-    to_old = min(mean_abs_diff(shot.remote, stylize_image(f, old)) for f in shot.local)
+
+    def distances(shot):
+        to_new = min(mean_abs_diff(shot.remote, stylize_image(f, new)) for f in shot.local)
+        return to_new, min(mean_abs_diff(shot.remote, stylize_image(f, old)) for f in shot.local)
+
+    shot = capture_until(live, lambda s: (d := distances(s))[0] < 0.6 * d[1])
+    to_new, to_old = distances(shot)
     apart = mean_abs_diff(stylize_image(shot.local[-1], new), stylize_image(shot.local[-1], old))
     print(f"\nreroll: seed {seed} ({apart:.1f} from the old take): distance {to_new:.1f}, to the old {to_old:.1f}")
     # The page picks no seed, the server does: only a take far enough from the old one tells.
