@@ -266,31 +266,55 @@ WEBRTC_NOTE = (
 
 def switch_settings(result: Result) -> str:
     harness = next(p for p in result.report["meta"]["processes"] if p["role"] == "harness")
-    given = harness["config"].get("switches") or []
-    return ", ".join(f"`{name}={int(v) if isinstance(v, bool) else v}`" for name, v in given) or "defaults"
+    given = [f"`{name}={int(v) if isinstance(v, bool) else v}`" for name, v in harness["config"].get("switches") or []]
+    label = ", ".join(given) or "defaults"
+    mode = harness["config"].get("compile", "auto")
+    return label if mode == "auto" else f"{label} (`compile={mode}`)"
+
+
+def b8_speeds(result: Result) -> tuple[float | None, float | None]:
+    """(paper B=8 fps, cached_prompt B=8 fps) of a file, None where it has no such row."""
+    sc = result.report["scenarios"]
+    paper = next((x["fps"] for x in sc.get("paper", {}).get("rows", []) if x["B"] == 8), None)
+    cached = sc["cached_prompt"]["rows"][0]["fps"] if "cached_prompt" in sc else None
+    return paper, cached
+
+
+def gpu_of(result: Result) -> str | None:
+    return result.report["meta"]["device"].get("gpu")
+
+
+def change(value: float | None, base: float | None) -> str:
+    return "-" if value is None or not base else f"{(value / base - 1) * 100:+.1f} %"
 
 
 def speed_switches(ctx: Context) -> str:
-    """B=8 throughput with each speed-switch run next to the defaults (the engine file)."""
-    base = ctx.newest("cached_prompt")
-    if not ctx.switches or base is None:
+    """B=8 throughput of each speed-switch run beside the newest defaults file of the same
+    card (a ratio across cards would measure the card, not the switch)."""
+    engine_files = [r for r in ctx.results if "cached_prompt" in r.report["scenarios"]]
+    if not ctx.switches or not engine_files:
         return missing("a speed-switch run")
+    base_of: dict[str | None, Result] = {}
+    for r in engine_files:  # newest first: the first file of each card is its base
+        base_of.setdefault(gpu_of(r), r)
     rows = []
-    for r in [base, *ctx.switches]:
-        sc = r.report["scenarios"]
-        paper = next((x for x in sc.get("paper", {}).get("rows", []) if x["B"] == 8), None)
-        cached = sc["cached_prompt"]["rows"][0] if "cached_prompt" in sc else None
-        warm = sc.get("engine_warmup", {}).get("main", {})
+    for r in [*base_of.values(), *ctx.switches]:
+        base = base_of.get(gpu_of(r))
+        paper, cached = b8_speeds(r)
+        ref = b8_speeds(base) if base is not None and base is not r else (None, None)
+        warm = r.report["scenarios"].get("engine_warmup", {}).get("main", {})
         buckets = ", ".join(map(str, warm.get("buckets", []))) or "-"
-        speeds = [fmt(paper and paper["fps"]), fmt(cached and cached["fps"])]
-        warm_s = f"{fmt(warm.get('seconds'))} ({buckets})"
-        rows.append([switch_settings(r), *speeds, warm_s, f"{ctx.link(r)} ({r.origin()})"])
+        vs = "-" if ref == (None, None) else f"{change(paper, ref[0])} / {change(cached, ref[1])}"
+        warm_s, source = f"{fmt(warm.get('seconds'))} ({buckets})", f"{ctx.link(r)} ({r.origin()})"
+        rows.append([switch_settings(r), gpu_of(r) or "CPU", fmt(paper), fmt(cached), vs, warm_s, source])
     note = (
-        f"Scope: offline clip throughput at B=8; {base.card()}. Text encoder as in the engine table (paper: every "
-        "frame; cached_prompt: every 16 steps, one frame). Warm-up: the in-process engine's compile of the buckets "
-        "named, on a cold cache for the switch runs and a warm one for the defaults' file."
+        "Scope: offline clip throughput at B=8; each row names its card, and a switch run is compared only "
+        "with the newest defaults file of the same card (the first rows). Text encoder as in the engine table "
+        "(paper: every frame; cached_prompt: every 16 steps, one frame). Warm-up: the in-process engine's "
+        "start of the buckets named (a cold compile for the switch runs unless their graphs were stored)."
     )
-    return "\n\n".join([note, table(["switches", "paper B=8 fps", "cached_prompt B=8 fps", "warm-up s", "file"], rows)])
+    header = ["switches", "card", "paper B=8 fps", "cached_prompt B=8 fps", "vs defaults, same card"]
+    return "\n\n".join([note, table([*header, "warm-up s", "file"], rows)])
 
 
 def serve_buckets(result: Result) -> str:
@@ -349,7 +373,17 @@ def webrtc(ctx: Context) -> str:
     header = ["codec", "sessions", "media processes", "done", "fps/session min", "e2e p50 ms", "p95", "p99"]
     header += ["engine p50 ms"]
     header += ["transport mean ms", "server cores", "loop cores", "step p50 ms", "batch", "stamps", "file"]
-    return "\n\n".join(["\n".join(f"- {b}" for b in blocks), WEBRTC_NOTE, table(header, rows)])
+    parts = ["\n".join(f"- {b}" for b in blocks), WEBRTC_NOTE, table(header, rows)]
+    failed = [
+        f"- {x['codec']} x{x['clients']} (file {label[n]}): {x['clients'] - x['completed']} client(s) failed, "
+        f"first error: {(x.get('errors') or ['none recorded'])[0][:200] or '(no message)'}"
+        for key in order
+        for n, x in [chosen[key]]
+        if x["completed"] < x["clients"]
+    ]
+    if failed:
+        parts.append("Rows whose clients failed (their numbers are not measurements):\n\n" + "\n".join(failed))
+    return "\n\n".join(parts)
 
 
 def warmup(ctx: Context) -> str:

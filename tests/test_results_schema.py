@@ -254,10 +254,18 @@ def test_webrtc_rows_of_another_layout_stand_beside_the_one_process_rows(tmp_pat
 
 
 def test_speed_switch_runs_are_compared_with_the_defaults_never_headlined(tmp_path):
+    """Each switch run is compared with the defaults file of its own card, never another's."""
     synthetic(tmp_path)
     (tmp_path / "switches").mkdir()
     paper = {"text": TEXT, "rows": [clip_row(8, 200.0)]}
     written(tmp_path / "switches" / "s.json", {"switches": [["text_compile", True]]}, paper=paper)
+    other = ResultsFile(
+        tmp_path / "switches" / "o.json",
+        {"argv": [], "config": {"switches": [["fp8", "linear"]]}},
+        {**DEVICE, "gpu": "K"},
+    )
+    other.scenarios.update(paper={"text": TEXT, "rows": [clip_row(8, 100.0)]})
+    other.save()
     doc = tmp_path / "doc.md"
     doc.write_text(
         "<!-- bench-report: switches -->\n<!-- /bench-report -->\n"
@@ -265,7 +273,9 @@ def test_speed_switch_runs_are_compared_with_the_defaults_never_headlined(tmp_pa
     )
     assert report.main(["--results-dir", str(tmp_path), "--update", str(doc)]) == 0
     text = doc.read_text()
-    assert "| defaults | 150.0 | 260.0 |" in text and "| `text_compile=1` | 200.0 | - |" in text
+    assert "| defaults | H | 150.0 | 260.0 | - |" in text
+    assert "| `text_compile=1` | H | 200.0 | - | +33.3 % / - |" in text
+    assert "| `fp8=linear` | K | 100.0 | - | - |" in text  # no defaults file of card K: no ratio
     assert "[s.json](switches/s.json)" in text
     assert "200.0" not in text.split("bench-report: engine")[1]  # the engine table stays the defaults' file
 
@@ -425,3 +435,13 @@ def test_git_state_names_each_changed_file_whole(tmp_path, monkeypatch):
     git("add", "code.py")  # staged: "M  code.py"
     state = provenance.git_state()
     assert state["dirty"] is True and state["changed"] == ["bench.json", "code.py"]
+
+
+def test_webrtc_rows_whose_clients_failed_say_so_with_their_first_error(tmp_path):
+    older = synthetic(tmp_path)
+    row = {**webrtc_row("H264", 8, 70.0), "completed": 5, "errors": ["TimeoutError: data channel not open"]}
+    written(tmp_path / "r2.json", {}, webrtc={**older["scenarios"]["webrtc"], "rows": [row]})
+    results, bad = report.load_results([tmp_path / "r.json", tmp_path / "r2.json"])
+    text = report.section("webrtc", report.Context(results, bad, tmp_path))
+    assert "- H264 x8 (file 1): 3 client(s) failed, first error: TimeoutError: data channel not open" in text
+    assert "x1 (file" not in text  # the rows whose clients all finished are not listed
