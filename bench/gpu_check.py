@@ -324,8 +324,8 @@ def child(kind: str, reference: Path, cache: Path, out: Path, buckets: tuple[int
     progress: list[str] = []
     t0 = time.monotonic()
     b.warmup(lambda m: (progress.append(f"{time.monotonic() - t0:.1f}s {m}"), print(f"  [{kind}] {m}", flush=True)))
-    # A stored mode (precompile, aot) keeps no mega-cache entry: its files loaded when no bucket compiled.
-    stored = any(": loading (" in m for m in progress) and not any(": compiling (" in m for m in progress)
+    # A stored mode (precompile, aot) keeps no mega-cache entry: its files loaded when no bucket was built.
+    stored = b.denoise.aot is not None and not b.denoise.aot.built
     data.update(warmup_s=round(time.monotonic() - t0, 1), progress=progress)
     data["cache_loaded"] = b.compile_cache.loaded or stored
     data["start_to_ready_s"] = round(time.monotonic() - t_start, 1)

@@ -374,13 +374,14 @@ def webrtc(ctx: Context) -> str:
     header += ["engine p50 ms"]
     header += ["transport mean ms", "server cores", "loop cores", "step p50 ms", "batch", "stamps", "file"]
     parts = ["\n".join(f"- {b}" for b in blocks), WEBRTC_NOTE, table(header, rows)]
-    failed = [
-        f"- {x['codec']} x{x['clients']} (file {label[n]}): {x['clients'] - x['completed']} client(s) failed, "
-        f"first error: {(x.get('errors') or ['none recorded'])[0][:200] or '(no message)'}"
-        for key in order
-        for n, x in [chosen[key]]
-        if x["completed"] < x["clients"]
-    ]
+    failed = []
+    for n, x in (chosen[key] for key in order):
+        if x["completed"] < x["clients"]:
+            first = (x.get("errors") or ["none recorded"])[0][:200]
+            failed.append(
+                f"- {x['codec']} x{x['clients']} (file {label[n]}): {x['clients'] - x['completed']} "
+                f"client(s) failed, first error: {first}"
+            )
     if failed:
         parts.append("Rows whose clients failed (their numbers are not measurements):\n\n" + "\n".join(failed))
     return "\n\n".join(parts)

@@ -926,9 +926,7 @@ def load_bench_config(argv: Sequence[str], environ: Mapping[str, str] | None = N
     if not all((args.batches, args.sessions, args.webrtc_clients)) or any(not 1 <= n <= 16 for n in counts):
         raise ConfigError(f"--batches, --sessions and --webrtc-clients take counts of 1..16, got {list(counts)}")
     for flag, values in (("--buckets", args.buckets), ("--serve-buckets", args.serve_buckets)):
-        if values is None and flag == "--buckets":
-            continue
-        if not values or any(v not in BATCH_BUCKETS for v in values):
+        if values is not None and (not values or any(v not in BATCH_BUCKETS for v in values)):
             raise ConfigError(f"{flag} {values} is not allowed; use a subset of {BATCH_BUCKETS}")
     if not 0 <= args.media_processes <= 16:
         raise ConfigError(f"--media-processes {args.media_processes} is not allowed; use 0..16")

@@ -29,7 +29,7 @@ NO_HOST_ADDRESS = (
 
 NO_HOST_ADDRESS_REMEDY = (
     "give it one (as root, for a loopback-only test: `ip addr add 127.0.0.2/32 dev lo`), "
-    "or configure a TURN server (--turn-url, --ice-server)"
+    "or give this server a TURN relay of its own (--ice-server turn:...; --turn-url only serves the pages)"
 )
 
 
