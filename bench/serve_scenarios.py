@@ -49,6 +49,11 @@ class ServeScenarios:
         self.clock = clock
         self.env, self.removed_env = server_env()
         args = serve_args(config)
+        self.loopback = "webrtc" in config.scenarios and unreachable_reason() is not None
+        """No address but 127.0.0.1 here (a bare container): every peer of the run is on this
+        machine, so servers, media processes and clients all offer 127.0.0.1 as a candidate."""
+        if self.loopback:
+            args.append("--ice-loopback")
         # A short path: Unix socket paths hold at most 107 bytes.
         self.socket_path = f"/tmp/livestyle-bench-{os.getpid()}.sock"
         if config.media_processes and "webrtc" in config.scenarios:
@@ -73,12 +78,6 @@ class ServeScenarios:
         to the last server started, so the warm-up numbers are in before them."""
         c = self.config
         warmup, webrtc = "warmup" in c.scenarios, "webrtc" in c.scenarios
-        if webrtc and (why := unreachable_reason()) is not None:
-            # Found before any server starts: else every client times out after its wait.
-            self.out.skip("webrtc", why)
-            webrtc = False
-            if not warmup:
-                return
         self.clock.begin("serve:first", required=True)
         server: ServeProcess | None
         server, record = self.start("first start" if warmup else "webrtc server")
@@ -127,7 +126,7 @@ class ServeScenarios:
                 return
             if media:
                 section["media_processes"] = len(media)
-            run = WebrtcRun(server, clip, c.webrtc_seconds, self.out.processes, self.clock, media)
+            run = WebrtcRun(server, clip, c.webrtc_seconds, self.out.processes, self.clock, media, self.loopback)
             run.fill(section, c.webrtc_clients, c.webrtc_codecs, fits, self.out.save)
         finally:
             for proc in media:
@@ -137,7 +136,8 @@ class ServeScenarios:
         """The media processes (none unless --media-processes), ready; fewer if one failed."""
         media: list[ServeProcess] = []
         for i in range(self.config.media_processes):
-            argv = serve_argv(free_port(), media_args(self.config, self.socket_path))
+            extra = ["--ice-loopback"] if self.loopback else []
+            argv = serve_argv(free_port(), media_args(self.config, self.socket_path) + extra)
             self.out.processes.append(server_record(f"media process {i + 1}", argv, self.removed_env))
             log = self.out.path.with_name(f"{self.out.path.stem}-media-{i + 1}.log")
             proc = ServeProcess(argv, self.env, log)

@@ -76,10 +76,11 @@ async def _drain(track: ClipTrack, client: LoopbackClient, end: float) -> None:
         await asyncio.sleep(0.1)
 
 
-def client_argv(url: str, clip: Path, codec: str, seconds: float) -> list[str]:
-    """One load client process (`python -m bench.webrtc_load client ...`)."""
+def client_argv(url: str, clip: Path, codec: str, seconds: float, loopback: bool = False) -> list[str]:
+    """One load client process (`python -m bench.webrtc_load client ...`); `loopback`: it
+    offers 127.0.0.1 as an ICE candidate too (signaling.ice.offer_loopback)."""
     argv = [sys.executable, "-m", "bench.webrtc_load", "client", "--url", url, "--clip", str(clip)]
-    return [*argv, "--codec", codec, "--seconds", str(seconds)]
+    return [*argv, "--codec", codec, "--seconds", str(seconds), *(["--ice-loopback"] if loopback else [])]
 
 
 def start_clients(argv: list[str], n: int) -> list[subprocess.Popen[str]]:
@@ -120,9 +121,12 @@ class WebrtcRun:
         processes: list[dict[str, Any]],
         progress: Callable[[str], None],
         media: Sequence[ServeProcess] = (),
+        loopback: bool = False,
     ) -> None:
         """media: processes without an engine that take the clients (round robin) and feed
-        `server`'s engine; none = the clients connect to `server`."""
+        `server`'s engine; none = the clients connect to `server`. loopback: the clients
+        offer 127.0.0.1 as an ICE candidate (the servers were started with --ice-loopback)."""
+        self.loopback = loopback
         self.server = server
         self.media = list(media)
         self.clip = clip
@@ -154,7 +158,9 @@ class WebrtcRun:
 
     def one(self, codec: str, n: int) -> dict[str, Any]:
         server, targets = self.server, self.media or [self.server]
-        argvs = [client_argv(targets[i % len(targets)].url, self.clip, codec, self.seconds) for i in range(n)]
+        argvs = [
+            client_argv(targets[i % len(targets)].url, self.clip, codec, self.seconds, self.loopback) for i in range(n)
+        ]
         for i in range(min(n, len(targets))):
             count = len(range(i, n, len(targets)))
             name = f"webrtc {codec} x{n}" + (f" -> media process {i + 1}" if self.media else "")
@@ -228,7 +234,12 @@ def main() -> None:
     c.add_argument("--clip", type=Path, required=True)
     c.add_argument("--codec", default="VP8")
     c.add_argument("--seconds", type=float, default=8.0)
+    c.add_argument("--ice-loopback", action="store_true", help="offer 127.0.0.1 as an ICE candidate too")
     args = p.parse_args()
+    if args.ice_loopback:
+        from signaling.ice import offer_loopback
+
+        offer_loopback()  # for this client process's life
     try:
         result = asyncio.run(_client(args.url, args.clip, args.codec, args.seconds))
     except Exception as exc:  # noqa: BLE001 - reported to the harness, which records it

@@ -89,7 +89,8 @@ def unreachable_warning(config: ServerConfig) -> str | None:
     server that places every session on its media processes has none)."""
     from signaling.ice import unreachable_reason
 
-    if config.cluster.place_on or (why := unreachable_reason(config.ice_servers)) is None:
+    # --ice-loopback: peers on this machine can connect through the 127.0.0.1 candidate.
+    if config.cluster.place_on or config.ice_loopback or (why := unreachable_reason(config.ice_servers)) is None:
         return None
     return f"WebRTC sessions cannot connect: {why}"
 
@@ -114,6 +115,11 @@ def serve(config: ServerConfig) -> None:
     bound_port = sock.getsockname()[1]
     for line in listening_lines(config.host, bound_port, "https" if ssl_context else "http"):
         log.info("%s", line)
+    if config.ice_loopback:
+        from signaling.ice import offer_loopback
+
+        offer_loopback()  # for this process's life: the server's peer connections are made in it
+        log.info("ICE: offering 127.0.0.1 as a host candidate too (--ice-loopback; peers on this machine only)")
     if (warning := unreachable_warning(config)) is not None:
         log.warning("%s", warning)  # else each offer just times out, with nothing in the log
     web.run_app(

@@ -142,6 +142,9 @@ class ServerConfig:
     ice_servers: tuple[IceServer, ...] = ()
     """STUN/TURN servers for the server's and the page's peer connections (none by default:
     enough on a LAN or a host with a public address; add STUN/TURN for NAT)."""
+    ice_loopback: bool = False
+    """Offer 127.0.0.1 as an ICE host candidate too (aiortc leaves it out): only for peers on
+    this same machine, e.g. a benchmark on a host whose only address is loopback."""
     log_level: str = "info"
     """Logging level: debug, info, warning or error."""
     max_body_bytes: int = 64 * 1024
@@ -479,6 +482,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="STUN/TURN server, repeatable: stun:host:port or turn:user:pass@host:port "
         "(default: none; env LIVESTYLE_ICE_SERVERS, comma-separated)",
     )
+    p.add_argument(
+        "--ice-loopback",
+        action="store_true",
+        default=None,
+        help=_help("also offer 127.0.0.1 as an ICE candidate (peers on this machine only)", "ice_loopback"),
+    )
     p.add_argument("--log-level", choices=LOG_LEVELS, help=_help("logging level", "log_level"))
     g = p.add_argument_group("remote use")
     g.add_argument(
@@ -671,6 +680,7 @@ _SERVER_FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "tls_cert": ("LIVESTYLE_TLS_CERT", Path, "tls_cert"),
     "tls_key": ("LIVESTYLE_TLS_KEY", Path, "tls_key"),
     "log_level": ("LIVESTYLE_LOG_LEVEL", str, "log_level"),
+    "ice_loopback": ("LIVESTYLE_ICE_LOOPBACK", _flag, "ice_loopback"),
     "tls_self_signed": ("LIVESTYLE_TLS_SELF_SIGNED", _flag, "tls_self_signed"),
     "tls_dir": ("LIVESTYLE_TLS_DIR", Path, "tls_dir"),
     "offer_rate": ("LIVESTYLE_OFFER_RATE", float, "offer_rate_per_min"),

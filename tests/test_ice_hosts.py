@@ -3,6 +3,8 @@ candidate at all, so every WebRTC session times out. The server says so at start
 bench skips its WebRTC runs before starting a server, and a bench client that cannot
 connect says how many candidates each side offered."""
 
+import asyncio
+
 import ifaddr
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from media import DAVIS_DIR
 from bench import schema
 from bench.loopback import ClipTrack, LoopbackClient
 from server.cli import main
-from signaling.ice import IceServer, host_addresses, unreachable_reason
+from signaling.ice import IceServer, host_addresses, offer_loopback, unreachable_reason
 
 
 def only(*addresses: str) -> list[ifaddr.Adapter]:
@@ -37,16 +39,67 @@ def test_only_127_0_0_1_means_no_peer_can_connect_unless_a_relay_is_configured(m
     assert host_addresses() == ["127.0.0.2"] and unreachable_reason() is None
 
 
-@pytest.mark.unit
-def test_bench_skips_webrtc_without_starting_a_server_on_such_a_host(tmp_path, loopback_only):
+async def connect_two_peers(timeout: float) -> tuple[str, int]:
+    """Two aiortc peers in this process, a data channel between them: (state, candidates offered)."""
+    from aiortc import RTCPeerConnection
+
+    a, b = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        a.createDataChannel("probe")
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(b.localDescription)
+        for _ in range(int(timeout / 0.1)):
+            if a.connectionState == "connected" and b.connectionState == "connected":
+                break
+            await asyncio.sleep(0.1)
+        return a.connectionState, a.localDescription.sdp.count("a=candidate:")
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.webrtc
+async def test_ice_loopback_lets_two_peers_on_a_loopback_only_host_connect(loopback_only):
+    state, candidates = await connect_two_peers(timeout=3)
+    assert candidates == 0 and state != "connected"  # stock aioice here: nothing to try
+    undo = offer_loopback()
+    try:
+        assert host_addresses() == ["127.0.0.1"] and unreachable_reason() is None
+        state, candidates = await connect_two_peers(timeout=15)
+    finally:
+        undo()
+    assert candidates >= 1 and state == "connected"
+    assert host_addresses() == []  # the undo restores aioice's own rule
+
+
+@pytest.mark.webrtc
+def test_bench_on_such_a_host_runs_every_process_with_ice_loopback(tmp_path, loopback_only):
     args = ["--scenarios", "webrtc", "--webrtc-engine", "preview", "--webrtc-clients", "1"]
+    args += ["--webrtc-codecs", "VP8", "--webrtc-seconds", "2"]
     code = main(["bench", "--model", "tiny", "--davis-dir", str(DAVIS_DIR), "--out-dir", str(tmp_path), *args])
     assert code == 0
     (path,) = tmp_path.glob("*.json")
     report, problems = schema.load(path)
-    assert problems == []
-    assert [s["scenario"] for s in report["skipped"]] == ["webrtc"] and "127.0.0.1" in report["skipped"][0]["reason"]
-    assert not [p for p in report["meta"]["processes"] if p["role"] == "server"]
+    assert problems == [] and report["skipped"] == []
+    processes = report["meta"]["processes"]
+    servers = [p for p in processes if p["role"] == "server"]
+    clients = [p for p in processes if p["role"] == "client"]
+    assert servers and clients and all("--ice-loopback" in p["argv"] for p in servers + clients)
+    (row,) = report["scenarios"]["webrtc"]["rows"]
+    assert row["completed"] == 1 and "errors" not in row and row["delivered_fps_mean"] > 0, row
+
+
+@pytest.mark.unit
+def test_ice_loopback_is_a_flag_and_an_environment_switch():
+    from server.cli import unreachable_warning
+    from server.config import load_config
+
+    assert load_config([], environ={}).ice_loopback is False
+    assert load_config(["--ice-loopback"], environ={}).ice_loopback is True
+    assert load_config([], environ={"LIVESTYLE_ICE_LOOPBACK": "1"}).ice_loopback is True
+    assert unreachable_warning(load_config(["--ice-loopback"], environ={})) is None
 
 
 @pytest.mark.webrtc
