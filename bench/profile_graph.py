@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.gpu_check import cuda_ms
+
 GROUPS = ("attention", "convolution", "gemm", "triton", "other")
 _PATTERNS = (  # first match wins: cuDNN's attention kernels also say "cudnn"
     ("attention", re.compile(r"flash|fmha|attention|sdpa|cutlassF", re.I)),
@@ -49,24 +51,6 @@ def kernel_group(name: str) -> str:
         if pattern.search(name):
             return group
     return "other"
-
-
-def cuda_ms(fn: Callable[[], Any], iters: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    if not torch.cuda.is_available():  # --smoke on the CPU: wall time
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        return (time.perf_counter() - t0) * 1000 / iters
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(iters):
-        fn()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) / iters
 
 
 def kernel_profile(fn: Callable[[], Any], step_ms: float, steps: int = 5, top: int = 30) -> dict[str, Any]:
@@ -155,7 +139,7 @@ def conv_layouts(fn: Callable[[], Any]) -> dict[str, Any]:
         for fmt in (torch.contiguous_format, torch.channels_last):
             xi, wi = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
             run = functools.partial(F.conv2d, xi, wi, b, conv.stride, conv.padding, conv.dilation, conv.groups)
-            times.append(cuda_ms(run, 10, 2))
+            times.append(cuda_ms(run, 10))
         s = sums[kind]
         s["n"] += 1
         s["nchw_ms"] += times[0]
@@ -192,11 +176,11 @@ def attention_backends(fn: Callable[[], Any]) -> list[dict[str, Any]]:
         for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
             try:
                 with sdpa_kernel(backend):
-                    ms = cuda_ms(run, 10, 2)
+                    ms = cuda_ms(run, 10)
                 entry[backend.name.lower()] = round(ms * entry["calls"], 3)
             except Exception as exc:  # noqa: BLE001 - a backend that refuses this shape or mask
                 entry[backend.name.lower()] = f"n/a: {str(exc).splitlines()[0][:80]}"
-        entry["default_ms"] = round(cuda_ms(run, 10, 2) * entry["calls"], 3)  # torch's own pick
+        entry["default_ms"] = round(cuda_ms(run, 10) * entry["calls"], 3)  # torch's own pick
         rows.append(entry)
     return rows
 
@@ -272,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         report["served_fps_ceiling"] = round(1000 * n / report["served_ms"], 1)
         print("served", report["served_ms"], "ms", flush=True)
         report["served_kernels"] = kernel_profile(served, report["served_ms"])
-        report["eager_ms"] = round(cuda_ms(eager, 5, 2), 3)
+        report["eager_ms"] = round(cuda_ms(eager, 5), 3)
         report["eager_kernels"] = kernel_profile(eager, report["eager_ms"], 2, 20)
         report["gflop_per_step"] = flops_by_group(eager)
         groups = report["served_kernels"]["groups_ms"]
